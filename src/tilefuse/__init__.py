@@ -1,0 +1,39 @@
+"""tilefuse: stitch overlapping 3D microscope tiles into one fused, labelled volume."""
+
+from __future__ import annotations
+
+from tilefuse._version import __version__
+from tilefuse.errors import (
+    EmptyTilesetError,
+    IncompatibleTilesError,
+    MissingTileError,
+    OutputExistsError,
+    StoreError,
+    TileConfigError,
+    TilefuseError,
+    UnsupportedFormatError,
+)
+from tilefuse.io.ome_zarr import MultiScaleGroup
+from tilefuse.pyramid import downsample
+from tilefuse.source import ArraySource, PixelSource
+from tilefuse.tile import Tile
+from tilefuse.tileset import Overlap, Tileset
+
+__all__ = [
+    "ArraySource",
+    "EmptyTilesetError",
+    "IncompatibleTilesError",
+    "MissingTileError",
+    "MultiScaleGroup",
+    "OutputExistsError",
+    "Overlap",
+    "PixelSource",
+    "StoreError",
+    "Tile",
+    "TileConfigError",
+    "TilefuseError",
+    "Tileset",
+    "UnsupportedFormatError",
+    "__version__",
+    "downsample",
+]

@@ -1,0 +1,50 @@
+"""Every exception tilefuse raises on purpose.
+
+Each class also inherits the builtin a caller would naturally catch, so
+``except FileNotFoundError`` still works for a missing tile.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "EmptyTilesetError",
+    "IncompatibleTilesError",
+    "MissingTileError",
+    "OutputExistsError",
+    "StoreError",
+    "TileConfigError",
+    "TilefuseError",
+    "UnsupportedFormatError",
+]
+
+
+class TilefuseError(Exception):
+    """Root of every error tilefuse raises on purpose."""
+
+
+class TileConfigError(TilefuseError, ValueError):
+    """A positions file (TileConfiguration.txt, ...) is malformed."""
+
+
+class MissingTileError(TilefuseError, FileNotFoundError):
+    """A tile listed in a positions file or given by path does not exist."""
+
+
+class UnsupportedFormatError(TilefuseError, OSError):
+    """An input is not in a format tilefuse can read."""
+
+
+class EmptyTilesetError(TilefuseError, ValueError):
+    """An operation needs at least one tile and got none."""
+
+
+class IncompatibleTilesError(TilefuseError, ValueError):
+    """Tiles of one tileset disagree (dimensionality, channels, dtype, ...)."""
+
+
+class OutputExistsError(TilefuseError, FileExistsError):
+    """The output path exists and ``overwrite`` was not requested."""
+
+
+class StoreError(TilefuseError, OSError):
+    """An output store is not what tilefuse expected (foreign, corrupt, mismatched)."""

@@ -1,0 +1,730 @@
+"""OME-Zarr writer and reader: `MultiScaleGroup`.
+
+NGFF 0.5 on zarr v3 (default, sharded) or NGFF 0.4 on zarr v2 (``/`` chunk
+keys). Level 0 is written block by block, each block one whole shard (or one
+chunk when unsharded) written once by one task; lower levels are computed
+block-wise from the level above (`add_downsample_level`).
+
+Coordinates follow the pixel-centre convention: level ``i`` with cumulative
+factors ``f`` has ``scale = v0 * f`` and ``translation = t0 + (f - 1) / 2 * v0``.
+
+Progress of a write is recorded as marker files under
+``<store>/.tilefuse-progress/`` and the group attribute
+``tilefuse.status == "incomplete"`` until `mark_complete` removes both, so an
+interrupted write can be resumed and an incomplete store is never mistaken for
+a finished one.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import zarr
+
+from tilefuse.errors import OutputExistsError, StoreError
+from tilefuse.parallel import imap_unordered
+from tilefuse.pyramid import METHODS, downsample, downsample_factors
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from numpy.typing import ArrayLike, NDArray
+
+__all__ = ["MultiScaleGroup", "default_chunks"]
+
+logger = logging.getLogger(__name__)
+
+Version = Literal["0.4", "0.5"]
+Block = tuple[int, int, int]
+_PROGRESS = ".tilefuse-progress"
+_COLORS = ("FFFFFF", "00FF00", "FF00FF", "00FFFF", "FFFF00", "FF0000", "0000FF")
+
+
+def default_chunks(shape: Sequence[int], dtype: Any) -> tuple[int, int, int]:
+    """Default chunk (z, y, x): about 1 MiB, 32 x 128 x 128 for uint16, clipped to the shape."""
+    itemsize = np.dtype(dtype).itemsize
+    yx = 128 if itemsize <= 2 else 64 if itemsize >= 8 else 96
+    want = (32, yx, yx)
+    return tuple(max(1, min(int(s), w)) for s, w in zip(shape[-3:], want, strict=True))  # type: ignore[return-value]
+
+
+def _default_shards(shape: Sequence[int], chunks: Sequence[int]) -> tuple[int, int, int]:
+    """Default shard: 2 x 4 x 4 chunks, clipped to whole chunks covering the shape."""
+    out = []
+    for s, c, m in zip(shape[-3:], chunks, (2, 4, 4), strict=True):
+        n_chunks = -(-int(s) // int(c))
+        out.append(int(c) * max(1, min(m, n_chunks)))
+    return (out[0], out[1], out[2])
+
+
+def _codecs(kind: str, zarr_format: int, compression: str) -> Any:
+    """Compressor(s) for an image or label array."""
+    if compression == "none":
+        return None
+    if zarr_format == 3:
+        from zarr.codecs import BloscCodec, ZstdCodec
+
+        if kind == "label":
+            return [ZstdCodec(level=3)]
+        cname, clevel = {"default": ("zstd", 1), "fast": ("lz4", 5), "archive": ("zstd", 5)}[
+            compression
+        ]
+        return [BloscCodec(cname=cname, clevel=clevel, shuffle="shuffle")]
+    from numcodecs import Blosc, Zstd
+
+    if kind == "label":
+        return Zstd(level=3)
+    cname, clevel = {"default": ("zstd", 1), "fast": ("lz4", 5), "archive": ("zstd", 5)}[
+        compression
+    ]
+    return Blosc(cname=cname, clevel=clevel, shuffle=Blosc.SHUFFLE)
+
+
+class MultiScaleGroup:
+    """A multiscale OME-Zarr image (or label image) on disk.
+
+    Use `create` for a new store and `open` for an existing one.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        The group's folder.
+    group : zarr.Group
+        The opened group.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], group: zarr.Group) -> None:
+        self.path = Path(path)
+        self.group = group
+        self._reload_attrs()
+
+    # -- construction -------------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        shape: Sequence[int],
+        dtype: Any,
+        voxel_size: ArrayLike = (1.0, 1.0, 1.0),
+        origin: ArrayLike = (0.0, 0.0, 0.0),
+        unit: str = "micrometer",
+        name: str | None = None,
+        channel_names: Sequence[str] | None = None,
+        chunks: Sequence[int] | None = None,
+        shards: Sequence[int] | bool | None = True,
+        version: Version = "0.5",
+        compression: Literal["default", "fast", "archive", "none"] = "default",
+        kind: Literal["image", "label"] = "image",
+        overwrite: bool = False,
+        attributes: dict[str, Any] | None = None,
+    ) -> MultiScaleGroup:
+        """Create a new multiscale group holding an empty level 0.
+
+        Parameters
+        ----------
+        path : str or PathLike
+            Folder of the new store (``*.ome.zarr`` by convention).
+        shape : sequence of int
+            ``(z, y, x)`` or ``(c, z, y, x)`` of level 0.
+        dtype : dtype-like
+            Pixel type; label images must be integers.
+        voxel_size, origin : array_like of 3 floats
+            Level-0 voxel size and world position of voxel 0, (z, y, x), in ``unit``.
+        unit : str
+            UDUNITS-2 name of the spatial unit.
+        name : str, optional
+            Image name (defaults to the folder name).
+        channel_names : sequence of str, optional
+            One per channel of a ``(c, z, y, x)`` shape (``omero`` metadata).
+        chunks : sequence of 3 ints, optional
+            Chunk (z, y, x); default about 1 MiB (see `default_chunks`).
+        shards : sequence of 3 ints, bool, optional
+            Shard (z, y, x) for NGFF 0.5 (multiples of ``chunks``); ``True``
+            picks 2 x 4 x 4 chunks, ``False``/``None`` writes unsharded. Ignored
+            for NGFF 0.4 (zarr v2 has no shards).
+        version : {"0.5", "0.4"}
+            NGFF version: 0.5 writes zarr v3, 0.4 writes zarr v2.
+        compression : {"default", "fast", "archive", "none"}
+            Images: blosc-zstd level 1 + shuffle, blosc-lz4, blosc-zstd level 5.
+            Labels always use zstd level 3 unless ``"none"``.
+        kind : {"image", "label"}
+            Label images are written with ``image-label`` metadata and mode
+            downsampling by default.
+        overwrite : bool
+            Replace an existing zarr store at ``path``. A folder that is not a
+            zarr store is never deleted.
+        attributes : dict, optional
+            Extra group attributes.
+
+        Returns
+        -------
+        MultiScaleGroup
+
+        Raises
+        ------
+        OutputExistsError
+            If ``path`` exists and ``overwrite`` is false.
+        StoreError
+            If ``path`` exists, is not a zarr store, and ``overwrite`` is true.
+        """
+        path = Path(path)
+        _prepare_output(path, overwrite)
+        if version not in ("0.4", "0.5"):
+            msg = f"version must be '0.4' or '0.5', got {version!r}"
+            raise ValueError(msg)
+        shape = tuple(int(s) for s in shape)
+        if len(shape) not in (3, 4) or min(shape) < 1:
+            msg = f"shape must be (z, y, x) or (c, z, y, x) with positive sizes, got {shape}"
+            raise ValueError(msg)
+        dt = np.dtype(dtype)
+        if kind == "label" and not np.issubdtype(dt, np.integer):
+            msg = f"label images must have an integer dtype, got {dt}"
+            raise ValueError(msg)
+        zarr_format = 3 if version == "0.5" else 2
+        chunks = tuple(int(c) for c in (chunks or default_chunks(shape, dt)))
+        chunks = tuple(max(1, min(c, s)) for c, s in zip(chunks, shape[-3:], strict=True))
+        shard: tuple[int, ...] | None = None
+        if zarr_format == 3 and shards:
+            shard = _default_shards(shape, chunks) if shards is True else tuple(shards)  # type: ignore[arg-type]
+            if any(s % c for s, c in zip(shard, chunks, strict=True)):
+                msg = f"shards {shard} must be whole multiples of chunks {chunks}"
+                raise ValueError(msg)
+        group = zarr.open_group(str(path), mode="w", zarr_format=zarr_format)
+        n_channels = shape[0] if len(shape) == 4 else None
+        info = {
+            "kind": kind,
+            "status": "incomplete",
+            "chunks": list(chunks),
+            "shards": list(shard) if shard else None,
+            "compression": compression,
+            "voxel_size": [float(v) for v in np.asarray(voxel_size, dtype=float)],
+            "origin": [float(v) for v in np.asarray(origin, dtype=float)],
+            "unit": unit,
+            "name": name or path.name.split(".")[0],
+            "dtype": dt.str,
+            "channel_names": list(channel_names) if channel_names else (
+                [f"ch{i}" for i in range(n_channels)] if n_channels else None
+            ),
+            "methods": [],
+        }
+        group.attrs.update({**(attributes or {}), "tilefuse": info})
+        msg_group = cls(path, group)
+        msg_group._create_level(0, shape)
+        msg_group._write_metadata()
+        return msg_group
+
+    @classmethod
+    def open(
+        cls, path: str | os.PathLike[str], mode: Literal["r", "r+"] = "r"
+    ) -> MultiScaleGroup:
+        """Open an existing multiscale group (written by tilefuse or by other tools).
+
+        Raises
+        ------
+        StoreError
+            If ``path`` is not a zarr group with ``multiscales`` metadata.
+        """
+        path = Path(path)
+        try:
+            group = zarr.open_group(str(path), mode=mode)
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError) as e:
+            msg = f"{path}: not a zarr group"
+            raise StoreError(msg) from e
+        return cls(path, group)
+
+    def _reload_attrs(self) -> None:
+        attrs = dict(self.group.attrs)
+        self.zarr_format = int(self.group.metadata.zarr_format)
+        ome = attrs.get("ome", attrs) if self.zarr_format == 3 else attrs
+        self._info: dict[str, Any] = dict(attrs.get("tilefuse", {}))
+        ms = ome.get("multiscales")
+        if not ms and not self._info:
+            msg = f"{self.path}: zarr group has no OME 'multiscales' metadata"
+            raise StoreError(msg)
+        if not self._info:  # a foreign store: derive what we need from its metadata
+            self._info = _info_from_multiscales(ms[0], ome, self.path)
+
+    # -- properties -----------------------------------------------------------------
+    @property
+    def version(self) -> Version:
+        """NGFF version of the store."""
+        return "0.5" if self.zarr_format == 3 else "0.4"
+
+    @property
+    def kind(self) -> str:
+        """``"image"`` or ``"label"``."""
+        return str(self._info.get("kind", "image"))
+
+    @property
+    def voxel_size(self) -> NDArray[np.float64]:
+        """Level-0 voxel size (z, y, x)."""
+        return np.array(self._info["voxel_size"], dtype=float)
+
+    @property
+    def origin(self) -> NDArray[np.float64]:
+        """World position (z, y, x) of level-0 voxel 0."""
+        return np.array(self._info["origin"], dtype=float)
+
+    @property
+    def unit(self) -> str:
+        """Spatial unit."""
+        return str(self._info.get("unit", "micrometer"))
+
+    @property
+    def name(self) -> str:
+        """Image name."""
+        return str(self._info.get("name", self.path.name))
+
+    @property
+    def channel_names(self) -> list[str] | None:
+        """Channel names, or None for a single-channel ``(z, y, x)`` image."""
+        names = self._info.get("channel_names")
+        return list(names) if names else None
+
+    @property
+    def n_levels(self) -> int:
+        """Number of resolution levels present."""
+        n = 0
+        while isinstance(self.group.get(str(n)), zarr.Array):
+            n += 1
+        return n
+
+    @property
+    def levels(self) -> list[zarr.Array]:
+        """The zarr arrays, highest resolution first."""
+        return [self[i] for i in range(self.n_levels)]
+
+    def __getitem__(self, level: int) -> zarr.Array:
+        arr = self.group[str(level)]
+        assert isinstance(arr, zarr.Array)
+        return arr
+
+    @property
+    def is_complete(self) -> bool:
+        """False while a tilefuse write of this store is unfinished."""
+        return self._info.get("status", "complete") == "complete"
+
+    def factors(self, level: int) -> NDArray[np.float64]:
+        """Cumulative downsampling factors (z, y, x) of ``level`` relative to level 0."""
+        f = np.ones(3)
+        known = self._info.get("level_factors", [])
+        for i in range(1, level + 1):
+            if i <= len(known):
+                f *= np.array(known[i - 1], dtype=float)
+            else:  # a foreign store: infer from the shapes
+                a, b = self[i - 1].shape[-3:], self[i].shape[-3:]
+                f *= np.array([round(x / y) for x, y in zip(a, b, strict=True)], dtype=float)
+        return f
+
+    def level_voxel_size(self, level: int) -> NDArray[np.float64]:
+        """Voxel size (z, y, x) of ``level``."""
+        return self.voxel_size * self.factors(level)
+
+    def level_origin(self, level: int) -> NDArray[np.float64]:
+        """World position of voxel 0 of ``level`` (pixel-centre convention)."""
+        return self.origin + (self.factors(level) - 1) / 2 * self.voxel_size
+
+    # -- block grid -----------------------------------------------------------------
+    def block_shape(self, level: int = 0) -> tuple[int, int, int]:
+        """The write unit (z, y, x) of a level: one shard, or one chunk when unsharded."""
+        arr = self[level]
+        unit = arr.shards if arr.shards is not None else arr.chunks
+        return (int(unit[-3]), int(unit[-2]), int(unit[-1]))
+
+    def blocks(self, level: int = 0) -> list[Block]:
+        """Indices of all write blocks of a level, in C order."""
+        shape = self[level].shape[-3:]
+        bs = self.block_shape(level)
+        return list(itertools.product(*[range(-(-s // b)) for s, b in zip(shape, bs, strict=True)]))
+
+    def block_region(self, block: Block, level: int = 0) -> tuple[slice, slice, slice]:
+        """Voxel region (z, y, x) of a block."""
+        shape = self[level].shape[-3:]
+        bs = self.block_shape(level)
+        r = [
+            slice(i * b, min((i + 1) * b, s))
+            for i, b, s in zip(block, bs, shape, strict=True)
+        ]
+        return (r[0], r[1], r[2])
+
+    def write_block(self, region: Sequence[slice], data: ArrayLike, level: int = 0) -> None:
+        """Write ``data`` to a (z, y, x) region of a level (all channels)."""
+        arr = self[level]
+        lead = (slice(None),) * (arr.ndim - 3)
+        data = np.asarray(data)
+        want = _region_shape(arr.shape, region)
+        if data.shape != want:
+            msg = f"{self.path}/{level}: block {tuple(region)} needs data of shape {want}, got {data.shape}"
+            raise ValueError(msg)
+        arr[(*lead, *region)] = data
+
+    def read(self, region: Sequence[slice] | None = None, level: int = 0) -> NDArray[Any]:
+        """Read a (z, y, x) region of a level (all channels)."""
+        arr = self[level]
+        if region is None:
+            return np.asarray(arr[...])
+        lead = (slice(None),) * (arr.ndim - 3)
+        return np.asarray(arr[(*lead, *region)])
+
+    # -- resumable progress -----------------------------------------------------------
+    def _progress_dir(self, level: int) -> Path:
+        return self.path / _PROGRESS / str(level)
+
+    def mark_done(self, block: Block, level: int = 0) -> None:
+        """Record that a block of a level is fully written."""
+        d = self._progress_dir(level)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / ".".join(map(str, block))).touch()
+
+    def done_blocks(self, level: int = 0) -> set[Block]:
+        """Blocks of a level recorded as written by `mark_done`."""
+        d = self._progress_dir(level)
+        if not d.is_dir():
+            return set()
+        out: set[Block] = set()
+        for p in d.iterdir():
+            parts = p.name.split(".")
+            if len(parts) == 3 and all(x.isdigit() for x in parts):
+                out.add((int(parts[0]), int(parts[1]), int(parts[2])))
+        return out
+
+    def mark_complete(self) -> None:
+        """Declare the store finished: drop progress markers, set ``status`` complete."""
+        shutil.rmtree(self.path / _PROGRESS, ignore_errors=True)
+        self._info["status"] = "complete"
+        self._write_metadata()
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        """Store a value under the group's ``tilefuse`` attributes."""
+        self._info[key] = value
+        self._write_metadata()
+
+    def get_attribute(self, key: str, default: Any = None) -> Any:
+        """Read a value stored with `set_attribute`."""
+        return self._info.get(key, default)
+
+    # -- levels -------------------------------------------------------------------------
+    def _create_level(self, level: int, shape: tuple[int, ...]) -> zarr.Array:
+        info = self._info
+        chunks = tuple(min(c, s) for c, s in zip(info["chunks"], shape[-3:], strict=True))
+        lead = tuple(1 for _ in shape[:-3])
+        kwargs: dict[str, Any] = {}
+        if self.zarr_format == 3:
+            kwargs["dimension_names"] = self.axis_names
+            if info.get("shards"):
+                shards = tuple(
+                    min(sh, -(-s // c) * c)
+                    for sh, s, c in zip(info["shards"], shape[-3:], chunks, strict=True)
+                )
+                kwargs["shards"] = (*shape[:-3], *shards)
+            kwargs["compressors"] = _codecs(info["kind"], 3, info["compression"])
+        else:
+            kwargs["chunk_key_encoding"] = {"name": "v2", "separator": "/"}
+            comp = _codecs(info["kind"], 2, info["compression"])
+            kwargs["compressors"] = [comp] if comp is not None else None
+        return self.group.create_array(
+            str(level),
+            shape=shape,
+            dtype=np.dtype(info["dtype"]),
+            chunks=(*lead, *chunks),
+            fill_value=0,
+            overwrite=True,
+            **kwargs,
+        )
+
+    def add_downsample_level(
+        self,
+        level: int | None = None,
+        method: Literal["mean", "mode", "nearest"] | None = None,
+        *,
+        factors: Sequence[int] | None = None,
+        workers: int | None = None,
+        client: Any = None,
+        progress: bool = False,
+    ) -> zarr.Array:
+        """Compute level ``level`` from level ``level - 1``, block by block.
+
+        Parameters
+        ----------
+        level : int, optional
+            The new level (default: the next one). Must be ``n_levels``, or an
+            existing level to recompute it.
+        method : {"mean", "mode", "nearest"}, optional
+            Reduction; default ``mean`` for images and ``mode`` for labels
+            (a nonzero label wins ties against background).
+        factors : sequence of 3 ints, optional
+            Downsampling (z, y, x); default halves y and x, and z unless the
+            voxels are already at least twice as coarse in z.
+        workers : int, optional
+            Threads; each task reads its source region and writes one whole
+            shard of the new level.
+        client : distributed.Client, optional
+            Run tasks on a dask cluster instead.
+        progress : bool
+            Show a progress bar.
+
+        Returns
+        -------
+        zarr.Array
+            The new level.
+        """
+        n = self.n_levels
+        level = n if level is None else int(level)
+        if not 1 <= level <= n:
+            msg = f"can add level {n} (or recompute 1..{n - 1}); got level={level}"
+            raise ValueError(msg)
+        method = method or ("mode" if self.kind == "label" else "mean")
+        if method not in METHODS:
+            msg = f"method must be one of {METHODS}, got {method!r}"
+            raise ValueError(msg)
+        prev = self[level - 1]
+        lf = list(self._info.get("level_factors", []))[: level - 1]
+        if factors is None:
+            factors = downsample_factors(prev.shape, self.level_voxel_size(level - 1))
+        f = tuple(int(x) for x in factors)
+        shape = (*prev.shape[:-3], *(-(-s // k) for s, k in zip(prev.shape[-3:], f, strict=True)))
+        self._info["level_factors"] = [*lf, list(f)]
+        self._info["methods"] = [*list(self._info.get("methods", []))[: level - 1], method]
+        self._create_level(level, shape)
+        task = _DownsampleTask(str(self.path), level, f, method)
+        blocks = self.blocks(level)
+        for _ in imap_unordered(
+            task, blocks, workers=workers, client=client, progress=progress,
+            desc=f"level {level}",
+        ):
+            pass
+        self._write_metadata()
+        return self[level]
+
+    def build_pyramid(self, n_levels: int, method: str | None = None, **kwargs: Any) -> None:
+        """Add downsampled levels until the store has ``n_levels`` levels."""
+        while self.n_levels < n_levels:
+            self.add_downsample_level(method=method, **kwargs)  # type: ignore[arg-type]
+
+    # -- labels -------------------------------------------------------------------------
+    def create_labels(
+        self, name: str, dtype: Any = np.uint32, *, overwrite: bool = False
+    ) -> MultiScaleGroup:
+        """Create a label image ``labels/<name>`` matching this image's level 0.
+
+        The label image has the image's spatial shape, voxel size, origin,
+        chunks and shards (a channel axis of size 1 if the image has
+        channels). Fill it with `write_block`, then call `build_pyramid` with
+        this image's `n_levels` (the spec requires equal level counts).
+        """
+        if self.kind == "label":
+            msg = "labels belong to an image, not to another label image"
+            raise ValueError(msg)
+        labels_path = self.path / "labels"
+        if self.zarr_format == 3:
+            lg = zarr.open_group(str(labels_path), mode="a", zarr_format=3)
+            ome = dict(lg.attrs.get("ome", {}))
+            names = list(ome.get("labels", []))
+            ome.update(version="0.5", labels=[*dict.fromkeys([*names, name])])
+            lg.attrs["ome"] = ome
+        else:
+            lg = zarr.open_group(str(labels_path), mode="a", zarr_format=2)
+            names = list(lg.attrs.get("labels", []))
+            lg.attrs["labels"] = [*dict.fromkeys([*names, name])]
+        shape = self[0].shape
+        lshape = (1, *shape[-3:]) if len(shape) == 4 else shape[-3:]
+        info = self._info
+        return MultiScaleGroup.create(
+            labels_path / name,
+            shape=lshape,
+            dtype=dtype,
+            voxel_size=info["voxel_size"],
+            origin=info["origin"],
+            unit=info["unit"],
+            name=name,
+            channel_names=["labels"] if len(shape) == 4 else None,
+            chunks=info["chunks"],
+            shards=info.get("shards") or False,
+            version=self.version,
+            kind="label",
+            overwrite=overwrite,
+        )
+
+    @property
+    def labels(self) -> list[str]:
+        """Names of the label images listed in ``labels/``."""
+        if "labels" not in self.group:
+            return []
+        attrs = self.group["labels"].attrs
+        lst = attrs.get("ome", {}).get("labels") if self.zarr_format == 3 else attrs.get("labels")
+        return list(lst or [])
+
+    def open_labels(self, name: str, mode: Literal["r", "r+"] = "r") -> MultiScaleGroup:
+        """Open the label image ``labels/<name>``."""
+        return MultiScaleGroup.open(self.path / "labels" / name, mode=mode)
+
+    # -- metadata -------------------------------------------------------------------------
+    @property
+    def axis_names(self) -> list[str]:
+        """Axis names in array order: ``z, y, x`` or ``c, z, y, x``."""
+        return ["c", "z", "y", "x"] if self._info.get("channel_names") else ["z", "y", "x"]
+
+    def _axes(self) -> list[dict[str, str]]:
+        axes = [{"name": "c", "type": "channel"}] if self._info.get("channel_names") else []
+        axes += [{"name": a, "type": "space", "unit": self.unit} for a in "zyx"]
+        return axes
+
+    def _multiscale(self) -> dict[str, Any]:
+        has_c = bool(self._info.get("channel_names"))
+        datasets = []
+        for i in range(self.n_levels):
+            scale = [float(v) for v in self.level_voxel_size(i)]
+            trans = [float(v) for v in self.level_origin(i)]
+            if has_c:
+                scale, trans = [1.0, *scale], [0.0, *trans]
+            datasets.append(
+                {
+                    "path": str(i),
+                    "coordinateTransformations": [
+                        {"type": "scale", "scale": scale},
+                        {"type": "translation", "translation": trans},
+                    ],
+                }
+            )
+        methods = self._info.get("methods") or ["mean" if self.kind == "image" else "mode"]
+        ms: dict[str, Any] = {
+            "name": self.name,
+            "axes": self._axes(),
+            "datasets": datasets,
+            "type": methods[0] if len(set(methods)) == 1 else "mixed",
+            "metadata": {
+                "method": "tilefuse.pyramid.downsample",
+                "methods": methods,
+                "rounding": "half-up integer mean",
+                "mode_ties": "nonzero beats background; then first in voxel order",
+            },
+        }
+        if self.zarr_format == 2:
+            ms["version"] = "0.4"
+        return ms
+
+    def _omero(self) -> dict[str, Any] | None:
+        names = self._info.get("channel_names") or (
+            [self.name] if self.kind == "image" else None
+        )
+        if not names:
+            return None
+        dt = np.dtype(self._info["dtype"])
+        lo, hi = (
+            (float(np.iinfo(dt).min), float(np.iinfo(dt).max))
+            if np.issubdtype(dt, np.integer)
+            else (0.0, 1.0)
+        )
+        window = self._info.get("window") or [lo, hi]
+        return {
+            "name": self.name,
+            "channels": [
+                {
+                    "label": str(n),
+                    "color": _COLORS[i % len(_COLORS)] if len(names) > 1 else "FFFFFF",
+                    "active": True,
+                    "window": {"min": lo, "max": hi, "start": window[0], "end": window[1]},
+                }
+                for i, n in enumerate(names)
+            ],
+        }
+
+    def _write_metadata(self) -> None:
+        ms = self._multiscale()
+        extra: dict[str, Any] = {}
+        if self.kind == "image":
+            omero = self._omero()
+            if omero:
+                extra["omero"] = omero
+        else:
+            label: dict[str, Any] = {"source": {"image": "../../"}}
+            if self.zarr_format == 2:
+                label["version"] = "0.4"
+            extra["image-label"] = label
+        attrs = dict(self.group.attrs)
+        if self.zarr_format == 3:
+            attrs["ome"] = {"version": "0.5", "multiscales": [ms], **extra}
+        else:
+            attrs.update({"multiscales": [ms], **extra})
+        attrs["tilefuse"] = self._info
+        self.group.attrs.put(attrs)
+
+    def __repr__(self) -> str:
+        shapes = [tuple(a.shape) for a in self.levels]
+        return f"MultiScaleGroup({str(self.path)!r}, version={self.version}, levels={shapes})"
+
+
+class _DownsampleTask:
+    """Picklable task: compute one block of ``level`` from ``level - 1``."""
+
+    def __init__(self, path: str, level: int, factors: tuple[int, ...], method: str) -> None:
+        self.path, self.level, self.factors, self.method = path, level, factors, method
+
+    def __call__(self, block: Block) -> None:
+        group = MultiScaleGroup.open(self.path, mode="r+")
+        region = group.block_region(block, self.level)
+        src_region = tuple(
+            slice(r.start * f, r.stop * f) for r, f in zip(region, self.factors, strict=True)
+        )
+        data = group.read(src_region, level=self.level - 1)
+        group.write_block(region, downsample(data, self.factors, self.method), self.level)  # type: ignore[arg-type]
+
+
+def _region_shape(shape: Sequence[int], region: Sequence[slice]) -> tuple[int, ...]:
+    """Shape of ``array[..., region]`` for an array of ``shape``."""
+    sp = [len(range(*r.indices(n))) for r, n in zip(region, shape[-3:], strict=True)]
+    return (*shape[:-3], *sp)
+
+
+def _prepare_output(path: Path, overwrite: bool) -> None:
+    """Refuse an existing output unless asked; never delete a folder that is not zarr."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return
+    if not overwrite:
+        msg = f"output exists: {path} (pass overwrite=True to replace it)"
+        raise OutputExistsError(msg)
+    is_zarr = path.is_dir() and any((path / f).exists() for f in ("zarr.json", ".zgroup", ".zarray"))
+    if not is_zarr:
+        msg = f"refusing to overwrite {path}: it exists and is not a zarr store"
+        raise StoreError(msg)
+    shutil.rmtree(path)
+
+
+def _info_from_multiscales(ms: dict[str, Any], ome: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Derive tilefuse's view of a store written by another tool."""
+    try:
+        axes = [a["name"] for a in ms["axes"]]
+        ds0 = ms["datasets"][0]
+        scale = next(t["scale"] for t in ds0["coordinateTransformations"] if t["type"] == "scale")
+        trans = next(
+            (t["translation"] for t in ds0["coordinateTransformations"] if t["type"] == "translation"),
+            [0.0] * len(axes),
+        )
+        sp = [axes.index(a) for a in "zyx" if a in axes]
+        units = [a.get("unit") for a in ms["axes"] if a.get("type") == "space"]
+    except (KeyError, StopIteration, ValueError) as e:
+        msg = f"{path}: malformed 'multiscales' metadata ({e})"
+        raise StoreError(msg) from e
+    vs = [1.0] * (3 - len(sp)) + [float(scale[i]) for i in sp]
+    org = [0.0] * (3 - len(sp)) + [float(trans[i]) for i in sp]
+    return {
+        "kind": "label" if "image-label" in ome else "image",
+        "status": "complete",
+        "voxel_size": vs,
+        "origin": org,
+        "unit": units[0] if units and units[0] else "micrometer",
+        "name": ms.get("name", path.name),
+        "channel_names": None,
+        "chunks": [1, 1, 1],
+        "compression": "default",
+        "dtype": "",
+        "methods": [],
+    }

@@ -1,0 +1,515 @@
+"""`Tileset`: the user-facing collection of placed tiles."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, overload
+
+import numpy as np
+
+from tilefuse.errors import (
+    EmptyTilesetError,
+    IncompatibleTilesError,
+    MissingTileError,
+    UnsupportedFormatError,
+)
+from tilefuse.geometry import affine_from_offset, overlapping_pairs, voxel_slices
+from tilefuse.tile import Tile
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike, NDArray
+
+    from tilefuse.io.ome_zarr import MultiScaleGroup
+
+__all__ = ["Overlap", "Tileset"]
+
+logger = logging.getLogger(__name__)
+
+_TILECONFIG_NAMES = ("TileConfiguration.registered.txt", "TileConfiguration.txt")
+
+
+@dataclass(frozen=True)
+class Overlap:
+    """The intersection of two tiles.
+
+    Attributes
+    ----------
+    i, j : int
+        Tile indices, ``i < j``.
+    lo, hi : ndarray
+        World box (z, y, x) of the intersection, micrometres, half-open.
+    slices_i, slices_j : tuple of slice
+        Voxel slices (z, y, x) of tiles ``i`` and ``j`` covering the intersection.
+    """
+
+    i: int
+    j: int
+    lo: NDArray[np.float64]
+    hi: NDArray[np.float64]
+    slices_i: tuple[slice, ...]
+    slices_j: tuple[slice, ...]
+
+    @property
+    def size(self) -> NDArray[np.float64]:
+        """Extent (z, y, x) of the intersection in micrometres."""
+        return self.hi - self.lo
+
+    @property
+    def volume(self) -> float:
+        """Intersection volume in cubic micrometres (area for 2D tiles of unit z)."""
+        return float(np.prod(self.size))
+
+
+class Tileset(Sequence[Tile]):
+    """An ordered collection of placed tiles.
+
+    Parameters
+    ----------
+    tiles : sequence of Tile
+        At least one tile. All must have the same dimensionality (all 2D or
+        all 3D), channel count and dtype. Their ``index`` is set to their
+        position.
+    voxel_size : array_like of 3 floats, optional
+        The tileset's voxel size (z, y, x) in micrometres, used as the default
+        output voxel size (default: the first tile's).
+
+    Raises
+    ------
+    EmptyTilesetError
+        If ``tiles`` is empty.
+    IncompatibleTilesError
+        If tiles mix 2D and 3D, channel counts or dtypes.
+    """
+
+    def __init__(self, tiles: Sequence[Tile], voxel_size: ArrayLike | None = None) -> None:
+        tiles = list(tiles)
+        if not tiles:
+            msg = "a tileset needs at least one tile; got none"
+            raise EmptyTilesetError(msg)
+        _check_compatible(tiles)
+        self._tiles = tuple(
+            t if t.index == i else _reindex(t, i) for i, t in enumerate(tiles)
+        )
+        vs = tiles[0].voxel_size if voxel_size is None else np.asarray(voxel_size, dtype=float)
+        if vs.shape != (3,) or np.any(vs <= 0):
+            msg = f"voxel_size must be 3 positive numbers (z, y, x), got {vs}"
+            raise ValueError(msg)
+        self.voxel_size: NDArray[np.float64] = vs
+
+    # -- construction ---------------------------------------------------------------
+    @classmethod
+    def from_arrays(
+        cls,
+        arrays: Sequence[ArrayLike],
+        offsets: ArrayLike,
+        voxel_size: ArrayLike = (1.0, 1.0, 1.0),
+        *,
+        names: Sequence[str] | None = None,
+        channels: Sequence[str] | None = None,
+    ) -> Tileset:
+        """Tiles from arrays (numpy, zarr, dask, ...), positioned by offsets.
+
+        Parameters
+        ----------
+        arrays : sequence of array_like
+            ``(y, x)``, ``(z, y, x)`` or ``(c, z, y, x)`` each; read lazily by region.
+        offsets : array_like of shape (n, 3) or (n, 2)
+            World position (z, y, x) of each tile's voxel 0, in micrometres
+            ((y, x) pairs are accepted for 2D tiles).
+        voxel_size : array_like of 3 floats
+            Voxel size (z, y, x) in micrometres.
+        names : sequence of str, optional
+            Tile names (default ``tile_000``...).
+        channels : sequence of str, optional
+            Channel names shared by all tiles.
+        """
+        offs = _parse_offsets(offsets, len(arrays))
+        names = list(names) if names is not None else [f"tile_{i:03d}" for i in range(len(arrays))]
+        tiles = [
+            Tile.from_array(a, o, voxel_size, name=n, index=i, channels=tuple(channels or ()))
+            for i, (a, o, n) in enumerate(zip(arrays, offs, names, strict=True))
+        ]
+        return cls(tiles, voxel_size)
+
+    @classmethod
+    def from_tiff(
+        cls,
+        files: Sequence[str | os.PathLike[str]],
+        offsets: ArrayLike,
+        voxel_size: ArrayLike = (1.0, 1.0, 1.0),
+        *,
+        skip_missing: bool = False,
+    ) -> Tileset:
+        """Tiles from TIFF files (read lazily), positioned by offsets in micrometres.
+
+        Parameters
+        ----------
+        files : sequence of path
+            One TIFF per tile.
+        offsets : array_like of shape (n, 3)
+            World position (z, y, x) of each tile's voxel 0, in micrometres.
+        voxel_size : array_like of 3 floats
+            Voxel size (z, y, x) in micrometres.
+        skip_missing : bool
+            Drop tiles whose file does not exist (logged) instead of raising.
+
+        Raises
+        ------
+        MissingTileError
+            If a file does not exist and ``skip_missing`` is false.
+        """
+        from tilefuse.io.tiff import TiffSource
+
+        offs = _parse_offsets(offsets, len(files))
+        tiles = []
+        for f, o in zip(files, offs, strict=True):
+            try:
+                src = TiffSource(f)
+            except MissingTileError:
+                if not skip_missing:
+                    raise
+                logger.warning("skipping missing tile %s", f)
+                continue
+            tiles.append(
+                Tile(
+                    src,
+                    affine_from_offset(voxel_size, o),
+                    name=Path(f).name,
+                    index=len(tiles),
+                    metadata={"path": str(f)},
+                )
+            )
+        return cls(tiles, voxel_size)
+
+    @classmethod
+    def from_tileconfig(
+        cls,
+        path: str | os.PathLike[str],
+        voxel_size: ArrayLike = (1.0, 1.0, 1.0),
+        *,
+        skip_missing: bool = False,
+    ) -> Tileset:
+        """Tiles listed in a Fiji ``TileConfiguration(.registered).txt``.
+
+        Positions in the file are pixels (x, y[, z]); they are converted to
+        (z, y, x) micrometres with ``voxel_size``. For ``dim = 2`` files, tiles
+        are 2D images (z = 1).
+
+        Parameters
+        ----------
+        path : str or PathLike
+            The TileConfiguration file; image paths are relative to its folder.
+        voxel_size : array_like of 3 floats
+            Voxel size (z, y, x) in micrometres (default 1: positions stay pixels).
+        skip_missing : bool
+            Drop listed tiles whose file does not exist (logged) instead of raising.
+
+        Raises
+        ------
+        TileConfigError
+            If the file is malformed (the message names the line).
+        MissingTileError
+            If a listed tile does not exist and ``skip_missing`` is false.
+        """
+        from tilefuse.io.tileconfig import read_tileconfig
+        from tilefuse.io.tiff import TiffSource
+
+        cfg = read_tileconfig(path)
+        vs = np.asarray(voxel_size, dtype=float)
+        tiles: list[Tile] = []
+        for e in cfg.entries:
+            f = cfg.resolve(e)
+            if not f.is_file():
+                if skip_missing:
+                    logger.warning("%s:%d: skipping missing tile %s", cfg.path, e.line, f)
+                    continue
+                msg = f"{cfg.path}:{e.line}: tile {e.file!r} not found at {f}"
+                raise MissingTileError(msg)
+            src = TiffSource(f, series=e.series or 0)
+            if cfg.dim == 2 and src.shape[1] != 1:
+                msg = f"{cfg.path}:{e.line}: dim = 2 but {f.name} has {src.shape[1]} planes"
+                raise IncompatibleTilesError(msg)
+            offset = np.asarray(e.position_px) * vs
+            tiles.append(
+                Tile(
+                    src,
+                    affine_from_offset(vs, offset),
+                    name=e.file,
+                    index=len(tiles),
+                    metadata={"path": str(f), "series": e.series, "line": e.line},
+                )
+            )
+        if not tiles:
+            msg = f"{cfg.path}: none of the listed tiles exist"
+            raise EmptyTilesetError(msg)
+        return cls(tiles, vs)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], **options: Any) -> Tileset:
+        """Open a tileset from a path, detecting its kind.
+
+        Supported now: a ``TileConfiguration*.txt`` file, or a folder holding
+        ``TileConfiguration.registered.txt`` or ``TileConfiguration.txt`` (the
+        registered one is preferred). ``options`` go to the reader.
+
+        Raises
+        ------
+        UnsupportedFormatError
+            If the path is none of the supported inputs.
+        MissingTileError
+            If the path does not exist.
+        """
+        p = Path(path)
+        if not p.exists():
+            msg = f"input not found: {p}"
+            raise MissingTileError(msg)
+        if p.is_dir():
+            for name in _TILECONFIG_NAMES:
+                if (p / name).is_file():
+                    return cls.from_tileconfig(p / name, **options)
+            cands = sorted(p.glob("TileConfiguration*.txt"))
+            if cands:
+                return cls.from_tileconfig(cands[0], **options)
+        elif p.suffix.lower() == ".txt":
+            return cls.from_tileconfig(p, **options)
+        msg = (
+            f"cannot open {p}: supported inputs are a TileConfiguration*.txt file "
+            "or a folder holding one"
+        )
+        raise UnsupportedFormatError(msg)
+
+    # -- sequence protocol --------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._tiles)
+
+    @overload
+    def __getitem__(self, i: int) -> Tile: ...
+    @overload
+    def __getitem__(self, i: slice) -> Tileset: ...
+    def __getitem__(self, i: int | slice) -> Tile | Tileset:
+        if isinstance(i, slice):
+            return Tileset(self._tiles[i], self.voxel_size)
+        return self._tiles[i]
+
+    def __iter__(self) -> Iterator[Tile]:
+        return iter(self._tiles)
+
+    def __repr__(self) -> str:
+        lo, hi = self.bounds
+        return (
+            f"Tileset({len(self)} tiles, {self.n_channels} channel(s), dtype={self.dtype}, "
+            f"voxel_size={tuple(float(v) for v in self.voxel_size)}, "
+            f"extent_um={tuple(round(float(v), 3) for v in hi - lo)})"
+        )
+
+    # -- properties ---------------------------------------------------------------------
+    @property
+    def tiles(self) -> tuple[Tile, ...]:
+        """The tiles, in order."""
+        return self._tiles
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        """Pixel dtype shared by all tiles."""
+        return self._tiles[0].dtype
+
+    @property
+    def n_channels(self) -> int:
+        """Channels per tile."""
+        return self._tiles[0].n_channels
+
+    @property
+    def is_2d(self) -> bool:
+        """Whether all tiles are single planes (z = 1)."""
+        return all(t.shape[0] == 1 for t in self._tiles)
+
+    @property
+    def offsets(self) -> NDArray[np.float64]:
+        """Offsets (n, 3), (z, y, x) micrometres."""
+        return np.array([t.offset for t in self._tiles])
+
+    @property
+    def bounds(self) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """World box ``(lo, hi)`` covering every tile."""
+        boxes = [t.box for t in self._tiles]
+        return np.min([b[0] for b in boxes], axis=0), np.max([b[1] for b in boxes], axis=0)
+
+    def with_offsets(self, offsets: ArrayLike) -> Tileset:
+        """Copy with new tile offsets (n, 3) in micrometres."""
+        offs = _parse_offsets(offsets, len(self))
+        return Tileset([t.with_offset(o) for t, o in zip(self._tiles, offs, strict=True)], self.voxel_size)
+
+    # -- overlaps -----------------------------------------------------------------------
+    def overlaps(self) -> list[Overlap]:
+        """Every pair of overlapping tiles, once each (``i < j``).
+
+        Uses a sort-and-sweep over the tiles' world boxes, so cost grows with
+        the number of tiles and true neighbours, not with its square.
+
+        Returns
+        -------
+        list of Overlap
+        """
+        boxes = [t.box for t in self._tiles]
+        lo = np.array([b[0] for b in boxes])
+        hi = np.array([b[1] for b in boxes])
+        out = []
+        for i, j in overlapping_pairs(lo, hi):
+            olo, ohi = np.maximum(lo[i], lo[j]), np.minimum(hi[i], hi[j])
+            ti, tj = self._tiles[i], self._tiles[j]
+            out.append(
+                Overlap(
+                    int(i), int(j), olo, ohi,
+                    voxel_slices(ti.affine, ti.shape, olo, ohi),
+                    voxel_slices(tj.affine, tj.shape, olo, ohi),
+                )
+            )
+        return out
+
+    # -- fusion -------------------------------------------------------------------------
+    @overload
+    def fuse(self, output: None = None, **kwargs: Any) -> NDArray[Any]: ...
+    @overload
+    def fuse(self, output: str | os.PathLike[str], **kwargs: Any) -> MultiScaleGroup: ...
+    def fuse(
+        self,
+        output: str | os.PathLike[str] | None = None,
+        *,
+        blend: Literal["overwrite", "max", "mean", "linear"] = "linear",
+        blend_width: float | ArrayLike | None = None,
+        priority: Literal["last", "first"] = "last",
+        voxel_size: ArrayLike | None = None,
+        levels: int = 1,
+        chunks: Sequence[int] | None = None,
+        shards: Sequence[int] | bool | None = True,
+        version: Literal["0.4", "0.5"] = "0.5",
+        compression: Literal["default", "fast", "archive", "none"] = "default",
+        name: str | None = None,
+        workers: int | None = None,
+        client: Any = None,
+        progress: bool = False,
+        overwrite: bool = False,
+    ) -> NDArray[Any] | MultiScaleGroup:
+        """Fuse the tiles into one volume, in memory or streamed into OME-Zarr.
+
+        Parameters
+        ----------
+        output : str or PathLike, optional
+            An OME-Zarr folder to write block by block. When omitted, the fused
+            volume is returned as an in-memory array.
+        blend : {"linear", "overwrite", "max", "mean"}
+            ``linear`` feathers tiles into each other over ``blend_width``;
+            ``overwrite`` copies (the last tile wins, see ``priority``);
+            ``max`` and ``mean`` combine voxel-wise.
+        blend_width : float or array_like of 3 floats, optional
+            Ramp width (z, y, x) in micrometres for ``linear``; default 10 %
+            of the median tile extent along each axis.
+        priority : {"last", "first"}
+            For ``overwrite``: which tile wins where several have data.
+        voxel_size : array_like of 3 floats, optional
+            Output voxel size (default: the tileset's); other sizes resample.
+        levels : int
+            Pyramid levels to write (1 = full resolution only).
+        chunks, shards : sequence of 3 ints
+            Output chunking; see `MultiScaleGroup.create`. For in-memory
+            output ``chunks`` is the block size of the work.
+        version : {"0.5", "0.4"}
+            NGFF version (zarr v3 or v2).
+        compression : {"default", "fast", "archive", "none"}
+            Output codec; see `MultiScaleGroup.create`.
+        name : str, optional
+            Image name in the OME metadata.
+        workers : int, optional
+            Threads (default: available CPUs).
+        client : distributed.Client, optional
+            Run blocks on this dask cluster instead of local threads.
+        progress : bool
+            Show a progress bar.
+        overwrite : bool
+            Replace an existing output store.
+
+        Returns
+        -------
+        ndarray or MultiScaleGroup
+            ``(z, y, x)`` (or ``(c, z, y, x)`` for several channels) in the
+            tiles' dtype; or the written group. Voxels no tile covers are 0.
+
+        Raises
+        ------
+        OutputExistsError
+            If ``output`` exists and ``overwrite`` is false (an interrupted
+            fusion of the same tiles and settings is resumed instead).
+        """
+        from tilefuse.fuse import FusionPlan, OutputGrid, default_blend_width, fuse_tiles
+
+        vs = self.voxel_size if voxel_size is None else np.asarray(voxel_size, dtype=float)
+        grid = OutputGrid.covering(self._tiles, vs)
+        if blend_width is None:
+            width = default_blend_width(self._tiles)
+        else:
+            width = np.broadcast_to(np.asarray(blend_width, dtype=float), (3,))
+        plan = FusionPlan(self._tiles, grid, blend=blend, blend_width=width, priority=priority)
+        return fuse_tiles(
+            plan, output, levels=levels, chunks=chunks, shards=shards, version=version,
+            compression=compression, name=name, workers=workers, client=client,
+            progress=progress, overwrite=overwrite,
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """A plain-dict description (used by ``tilefuse info``)."""
+        lo, hi = self.bounds
+        return {
+            "tiles": len(self),
+            "channels": list(self._tiles[0].channels),
+            "dtype": str(self.dtype),
+            "voxel_size_um": [float(v) for v in self.voxel_size],
+            "extent_um": [float(v) for v in hi - lo],
+            "overlaps": len(self.overlaps()),
+            "tile_list": [
+                {"name": t.name, "shape": list(t.shape), "offset_um": [float(v) for v in t.offset]}
+                for t in self._tiles
+            ],
+        }
+
+
+def _reindex(tile: Tile, i: int) -> Tile:
+    import dataclasses
+
+    return dataclasses.replace(tile, index=i)
+
+
+def _parse_offsets(offsets: ArrayLike, n: int) -> NDArray[np.float64]:
+    offs = np.asarray(offsets, dtype=float)
+    if offs.ndim == 2 and offs.shape == (n, 2):
+        offs = np.column_stack([np.zeros(n), offs])
+    if offs.shape != (n, 3):
+        msg = f"offsets must have shape ({n}, 3) (z, y, x) for {n} tiles, got {offs.shape}"
+        raise ValueError(msg)
+    if not np.all(np.isfinite(offs)):
+        msg = "offsets must be finite"
+        raise ValueError(msg)
+    return offs
+
+
+def _check_compatible(tiles: Sequence[Tile]) -> None:
+    first = tiles[0]
+    for t in tiles[1:]:
+        if (t.shape[0] == 1) != (first.shape[0] == 1):
+            msg = (
+                f"mixed dimensionality: tile {first.name!r} has shape {first.shape} and "
+                f"tile {t.name!r} has shape {t.shape}; use all 2D or all 3D tiles"
+            )
+            raise IncompatibleTilesError(msg)
+        if t.n_channels != first.n_channels:
+            msg = (
+                f"tile {t.name!r} has {t.n_channels} channel(s), "
+                f"tile {first.name!r} has {first.n_channels}"
+            )
+            raise IncompatibleTilesError(msg)
+        if t.dtype != first.dtype:
+            msg = f"tile {t.name!r} is {t.dtype}, tile {first.name!r} is {first.dtype}"
+            raise IncompatibleTilesError(msg)
