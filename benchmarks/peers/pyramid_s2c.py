@@ -7,10 +7,12 @@ the downsampled levels all being written.
 
 How stack-to-chunk 2.1 is driven, and the choices it forces:
 - Axis order is (x, y, z) with z last (its default dimension names), and
-  ``add_full_res_data`` wants a dask array chunked (nx, ny, 1). So the (z, y, x)
-  memmap is transposed (a free view) and wrapped as
-  ``da.from_array(arr.T, chunks=(nx, ny, 1))``; each dask chunk is one z plane.
-  Storage chunks are (CX, CY, CZ) in that order, i.e. the same physical chunks.
+  ``add_full_res_data`` wants a dask array chunked (nx, ny, 1). So the input is
+  given as a stack of lazy per-plane reads (each task memory-maps the .npy and
+  returns plane z=k transposed), the way stack-to-chunk is meant to be fed from
+  a stack of image files. (``da.from_array(memmap.T, chunks=(nx, ny, 1))`` also
+  works, but then every joblib job pickles the whole array: slower and far more
+  RAM.) Storage chunks are (CX, CY, CZ) in that order: the same physical chunks.
 - An ``array_spec`` (pydantic_zarr ArraySpec) is required. Codecs are
   bytes + zstd level 0 (zarr-python's own default; ArraySpec alone would write
   uncompressed). Voxel size 1 um.
@@ -38,6 +40,7 @@ import sys
 import time
 from pathlib import Path
 
+import dask
 import dask.array as da
 import numpy as np
 import stack_to_chunk
@@ -45,6 +48,11 @@ from joblib.externals.loky import get_reusable_executor
 from pydantic_zarr.v3 import ArraySpec, NamedConfig
 
 log = logging.getLogger("pyramid_s2c")
+
+
+def _read_plane(path: str, k: int) -> np.ndarray:
+    """Plane z=k of the .npy, as an (x, y) array."""
+    return np.ascontiguousarray(np.load(path, mmap_mode="r")[k].T)
 
 
 def main() -> None:
@@ -63,7 +71,10 @@ def main() -> None:
 
     t0 = time.perf_counter()
     arr = np.load(args.input, mmap_mode="r")
-    data = da.from_array(arr.T, chunks=(arr.shape[2], arr.shape[1], 1))  # (x, y, z)
+    planes = [da.from_delayed(dask.delayed(_read_plane)(str(args.input), k),
+                              shape=arr.shape[:0:-1], dtype=arr.dtype)
+              for k in range(arr.shape[0])]
+    data = da.stack(planes, axis=2)  # (x, y, z), chunks (nx, ny, 1)
     spec = ArraySpec.from_array(
         data,
         chunk_grid=NamedConfig(name="regular", configuration={"chunk_shape": [cx, cy, cz]}),
