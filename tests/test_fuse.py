@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
-from conftest import CountingSource, smooth_volume
 from scipy import ndimage
 
+from conftest import CountingSource, smooth_volume
 from tilefuse import Tile, Tileset
 from tilefuse.errors import EmptyTilesetError, OutputExistsError, StoreError
 from tilefuse.geometry import affine_from_offset
@@ -27,7 +27,7 @@ def test_integer_offsets_reproduce_the_volume(dtype, blend):
 @pytest.mark.parametrize("grid", [(1, 4), (4, 1), (2, 3)])
 def test_2d_and_nonsquare_tiles(grid):
     vol, _ = make_volume((1, 90, 210), seed=6)
-    m, ts = mosaic_tileset(vol, grid=grid, tile_shape=(50, 70) if grid == (2, 3) else None)
+    _, ts = mosaic_tileset(vol, grid=grid, tile_shape=(50, 70) if grid == (2, 3) else None)
     assert ts.is_2d
     fused = ts.fuse(blend="overwrite")
     assert fused.shape == vol.shape
@@ -156,7 +156,12 @@ def test_fusion_reads_only_regions():
     vol, _ = make_volume((8, 200, 200), seed=9)
     m = cut_tiles(vol, (2, 2), overlap=0.2)
     sources = [CountingSource(t) for t in m.tiles]
-    ts = Tileset([Tile(s, affine_from_offset((1, 1, 1), o)) for s, o in zip(sources, m.offsets_px, strict=True)])
+    ts = Tileset(
+        [
+            Tile(s, affine_from_offset((1, 1, 1), o))
+            for s, o in zip(sources, m.offsets_px, strict=True)
+        ]
+    )
     fused = ts.fuse(blend="linear", chunks=(8, 48, 48), workers=2)
     np.testing.assert_array_equal(fused, vol)
     tile_voxels = int(np.prod(m.tiles[0].shape))
@@ -171,7 +176,9 @@ def test_threads_and_inline_agree(tmp_path):
     a = ts.fuse(blend="linear", workers=1)
     b = ts.fuse(blend="linear", workers=3, chunks=(5, 40, 40))
     np.testing.assert_array_equal(a, b)
-    g = ts.fuse(tmp_path / "o.ome.zarr", blend="linear", workers=2, chunks=(5, 32, 32), shards=(10, 64, 64))
+    g = ts.fuse(
+        tmp_path / "o.ome.zarr", blend="linear", workers=2, chunks=(5, 32, 32), shards=(10, 64, 64)
+    )
     np.testing.assert_array_equal(g.read(), a)
 
 
@@ -206,7 +213,10 @@ def test_interrupted_fusion_resumes(tmp_path):
 
     def tileset(fail_after=None):
         srcs = [CountingSource(t, fail_after=fail_after) for t in m.tiles]
-        tiles = [Tile(s, affine_from_offset((1, 1, 1), o), name=f"t{i}") for i, (s, o) in enumerate(zip(srcs, m.offsets_px, strict=True))]
+        tiles = [
+            Tile(s, affine_from_offset((1, 1, 1), o), name=f"t{i}")
+            for i, (s, o) in enumerate(zip(srcs, m.offsets_px, strict=True))
+        ]
         return Tileset(tiles), srcs
 
     out = tmp_path / "o.ome.zarr"

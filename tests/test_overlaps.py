@@ -18,7 +18,9 @@ def brute_overlaps(ts):
 
 def test_overlaps_match_brute_force_mixed_tiles():
     rng = np.random.default_rng(4)
-    arrays = [np.zeros((rng.integers(1, 5), rng.integers(5, 30), rng.integers(5, 40))) for _ in range(60)]
+    arrays = [
+        np.zeros((rng.integers(1, 5), rng.integers(5, 30), rng.integers(5, 40))) for _ in range(60)
+    ]
     # make them all 3D (z >= 2) so the tileset is consistent
     arrays = [np.zeros((max(a.shape[0], 2), *a.shape[1:])) for a in arrays]
     offs = rng.uniform(0, 80, (60, 3)) * [0.1, 1, 1]

@@ -58,7 +58,9 @@ def test_tiff_source_reads_regions(tmp_path, compress):
     np.testing.assert_array_equal(got[0], a[2:5, 10:20])
     # picklable by path, and reopens after pickling
     src2 = pickle.loads(pickle.dumps(src))
-    np.testing.assert_array_equal(src2.read((slice(6, 7), slice(0, 3), slice(0, 3)))[0], a[6:7, :3, :3])
+    np.testing.assert_array_equal(
+        src2.read((slice(6, 7), slice(0, 3), slice(0, 3)))[0], a[6:7, :3, :3]
+    )
     src.close()
 
 
@@ -67,12 +69,16 @@ def test_tiff_source_channels_imagej(tmp_path):
     write_tiff(tmp_path / "c.tif", a)
     src = TiffSource(tmp_path / "c.tif")
     assert src.shape == (2, 5, 16, 17)
-    np.testing.assert_array_equal(src.read((slice(1, 4), slice(0, 16), slice(3, 9))), a[:, 1:4, :, 3:9])
+    np.testing.assert_array_equal(
+        src.read((slice(1, 4), slice(0, 16), slice(3, 9))), a[:, 1:4, :, 3:9]
+    )
     rgb = np.random.default_rng(3).integers(0, 255, (12, 13, 3)).astype(np.uint8)
     tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
     s = TiffSource(tmp_path / "rgb.tif")
     assert s.shape == (3, 1, 12, 13)
-    np.testing.assert_array_equal(s.read((slice(0, 1), slice(0, 12), slice(0, 13)))[:, 0], rgb.transpose(2, 0, 1))
+    np.testing.assert_array_equal(
+        s.read((slice(0, 1), slice(0, 12), slice(0, 13)))[:, 0], rgb.transpose(2, 0, 1)
+    )
 
 
 def test_tiff_errors_name_the_file(tmp_path):

@@ -3,8 +3,8 @@ import pytest
 
 from tilefuse import Tileset
 from tilefuse.errors import MissingTileError, TileConfigError, UnsupportedFormatError
-from tilefuse.io.tileconfig import read_tileconfig, write_tileconfig
 from tilefuse.io.tiff import write_tiff
+from tilefuse.io.tileconfig import read_tileconfig, write_tileconfig
 
 CFG3 = """# Define the number of dimensions we are working on
 dim = 3

@@ -270,7 +270,9 @@ class FusionPlan:
         mask = np.ones(t.shape[1:], dtype=bool)
         for ax in range(3):
             tt = t[ax]
-            tt[np.abs(tt - np.round(tt)) < INTEGER_TOL] = np.round(tt[np.abs(tt - np.round(tt)) < INTEGER_TOL])
+            tt[np.abs(tt - np.round(tt)) < INTEGER_TOL] = np.round(
+                tt[np.abs(tt - np.round(tt)) < INTEGER_TOL]
+            )
             mask &= (tt >= 0) & (tt < n[ax])
         if not mask.any():
             return []
@@ -301,7 +303,9 @@ def _lerp(data: NDArray[Any], axis: int, f: float, n_out: int) -> NDArray[Any]:
     return a * (1 - f) + b * f
 
 
-def _put(out: NDArray[Any], sub: Region, data: NDArray[Any], mask: NDArray[np.bool_] | None) -> None:
+def _put(
+    out: NDArray[Any], sub: Region, data: NDArray[Any], mask: NDArray[np.bool_] | None
+) -> None:
     view = out[(slice(None), *sub)]
     if mask is None:
         view[...] = data
@@ -375,8 +379,16 @@ def fuse_tiles(
     path = Path(output)
     fp = plan.fingerprint()
     group = _resume_or_create(
-        plan, path, fp, overwrite=overwrite, chunks=chunks, shards=shards, version=version,
-        compression=compression, name=name, channel_names=channel_names,
+        plan,
+        path,
+        fp,
+        overwrite=overwrite,
+        chunks=chunks,
+        shards=shards,
+        version=version,
+        compression=compression,
+        name=name,
+        channel_names=channel_names,
     )
     todo = [b for b in group.blocks(0) if b not in group.done_blocks(0)]
     if len(todo) < len(group.blocks(0)):
@@ -401,8 +413,10 @@ def _fuse_to_memory(
     progress: bool,
 ) -> NDArray[Any]:
     out = np.zeros(plan.shape, dtype=plan.dtype)
-    bs = tuple(chunks) if chunks else tuple(
-        min(s, b) for s, b in zip(plan.grid.shape, (64, 512, 512), strict=True)
+    bs = (
+        tuple(chunks)
+        if chunks
+        else tuple(min(s, b) for s, b in zip(plan.grid.shape, (64, 512, 512), strict=True))
     )
     task = _BlockToMemory(plan, bs)
     blocks = list(np.ndindex(*[-(-s // b) for s, b in zip(plan.grid.shape, bs, strict=True)]))

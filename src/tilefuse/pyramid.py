@@ -22,9 +22,7 @@ Method = Literal["mean", "mode", "nearest"]
 METHODS: tuple[str, ...] = ("mean", "mode", "nearest")
 
 
-def downsample_factors(
-    shape: Sequence[int], voxel_size: Sequence[float]
-) -> tuple[int, int, int]:
+def downsample_factors(shape: Sequence[int], voxel_size: Sequence[float]) -> tuple[int, int, int]:
     """Factors (z, y, x) for the next pyramid level.
 
     y and x halve; z halves only while it is not already coarser than twice
@@ -40,9 +38,7 @@ def downsample_factors(
     )
 
 
-def _windows(
-    a: NDArray[Any], factors: Sequence[int]
-) -> tuple[NDArray[Any], NDArray[np.bool_]]:
+def _windows(a: NDArray[Any], factors: Sequence[int]) -> tuple[NDArray[Any], NDArray[np.bool_]]:
     """Pad ``a`` to whole windows; return it as (..., Z, Y, X, k) plus a validity mask."""
     lead = a.shape[:-3]
     sp = a.shape[-3:]

@@ -83,7 +83,9 @@ class ArraySource:
         if not hasattr(array, "shape") or not hasattr(array, "dtype"):
             array = np.asarray(array)
         if array.ndim not in (2, 3, 4):
-            msg = f"tile arrays must be 2D (y, x), 3D (z, y, x) or 4D (c, z, y, x); got {array.ndim}D"
+            msg = (
+                f"tile arrays must be 2D (y, x), 3D (z, y, x) or 4D (c, z, y, x); got {array.ndim}D"
+            )
             raise ValueError(msg)
         self._array = array
         self._lead = 4 - array.ndim

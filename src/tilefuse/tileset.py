@@ -91,9 +91,7 @@ class Tileset(Sequence[Tile]):
             msg = "a tileset needs at least one tile; got none"
             raise EmptyTilesetError(msg)
         _check_compatible(tiles)
-        self._tiles = tuple(
-            t if t.index == i else _reindex(t, i) for i, t in enumerate(tiles)
-        )
+        self._tiles = tuple(t if t.index == i else _reindex(t, i) for i, t in enumerate(tiles))
         vs = tiles[0].voxel_size if voxel_size is None else np.asarray(voxel_size, dtype=float)
         if vs.shape != (3,) or np.any(vs <= 0):
             msg = f"voxel_size must be 3 positive numbers (z, y, x), got {vs}"
@@ -215,8 +213,8 @@ class Tileset(Sequence[Tile]):
         MissingTileError
             If a listed tile does not exist and ``skip_missing`` is false.
         """
-        from tilefuse.io.tileconfig import read_tileconfig
         from tilefuse.io.tiff import TiffSource
+        from tilefuse.io.tileconfig import read_tileconfig
 
         cfg = read_tileconfig(path)
         vs = np.asarray(voxel_size, dtype=float)
@@ -341,7 +339,9 @@ class Tileset(Sequence[Tile]):
     def with_offsets(self, offsets: ArrayLike) -> Tileset:
         """Copy with new tile offsets (n, 3) in micrometres."""
         offs = _parse_offsets(offsets, len(self))
-        return Tileset([t.with_offset(o) for t, o in zip(self._tiles, offs, strict=True)], self.voxel_size)
+        return Tileset(
+            [t.with_offset(o) for t, o in zip(self._tiles, offs, strict=True)], self.voxel_size
+        )
 
     # -- overlaps -----------------------------------------------------------------------
     def overlaps(self) -> list[Overlap]:
@@ -363,7 +363,10 @@ class Tileset(Sequence[Tile]):
             ti, tj = self._tiles[i], self._tiles[j]
             out.append(
                 Overlap(
-                    int(i), int(j), olo, ohi,
+                    int(i),
+                    int(j),
+                    olo,
+                    ohi,
                     voxel_slices(ti.affine, ti.shape, olo, ohi),
                     voxel_slices(tj.affine, tj.shape, olo, ohi),
                 )
@@ -454,9 +457,18 @@ class Tileset(Sequence[Tile]):
             width = np.broadcast_to(np.asarray(blend_width, dtype=float), (3,))
         plan = FusionPlan(self._tiles, grid, blend=blend, blend_width=width, priority=priority)
         return fuse_tiles(
-            plan, output, levels=levels, chunks=chunks, shards=shards, version=version,
-            compression=compression, name=name, workers=workers, client=client,
-            progress=progress, overwrite=overwrite,
+            plan,
+            output,
+            levels=levels,
+            chunks=chunks,
+            shards=shards,
+            version=version,
+            compression=compression,
+            name=name,
+            workers=workers,
+            client=client,
+            progress=progress,
+            overwrite=overwrite,
         )
 
     def summary(self) -> dict[str, Any]:

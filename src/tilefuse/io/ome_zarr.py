@@ -209,9 +209,9 @@ class MultiScaleGroup:
             "unit": unit,
             "name": name or path.name.split(".")[0],
             "dtype": dt.str,
-            "channel_names": list(channel_names) if channel_names else (
-                [f"ch{i}" for i in range(n_channels)] if n_channels else None
-            ),
+            "channel_names": list(channel_names)
+            if channel_names
+            else ([f"ch{i}" for i in range(n_channels)] if n_channels else None),
             "methods": [],
         }
         group.attrs.update({**(attributes or {}), "tilefuse": info})
@@ -221,9 +221,7 @@ class MultiScaleGroup:
         return msg_group
 
     @classmethod
-    def open(
-        cls, path: str | os.PathLike[str], mode: Literal["r", "r+"] = "r"
-    ) -> MultiScaleGroup:
+    def open(cls, path: str | os.PathLike[str], mode: Literal["r", "r+"] = "r") -> MultiScaleGroup:
         """Open an existing multiscale group (written by tilefuse or by other tools).
 
         Raises
@@ -348,10 +346,7 @@ class MultiScaleGroup:
         """Voxel region (z, y, x) of a block."""
         shape = self[level].shape[-3:]
         bs = self.block_shape(level)
-        r = [
-            slice(i * b, min((i + 1) * b, s))
-            for i, b, s in zip(block, bs, shape, strict=True)
-        ]
+        r = [slice(i * b, min((i + 1) * b, s)) for i, b, s in zip(block, bs, shape, strict=True)]
         return (r[0], r[1], r[2])
 
     def write_block(self, region: Sequence[slice], data: ArrayLike, level: int = 0) -> None:
@@ -361,9 +356,44 @@ class MultiScaleGroup:
         data = np.asarray(data)
         want = _region_shape(arr.shape, region)
         if data.shape != want:
-            msg = f"{self.path}/{level}: block {tuple(region)} needs data of shape {want}, got {data.shape}"
+            msg = (
+                f"{self.path}/{level}: block {tuple(region)} needs data of shape {want}, "
+                f"got {data.shape}"
+            )
             raise ValueError(msg)
         arr[(*lead, *region)] = data
+
+    def write_array(
+        self,
+        data: Any,
+        *,
+        workers: int | None = None,
+        client: Any = None,
+        progress: bool = False,
+    ) -> None:
+        """Write a whole level-0 array block by block (each block one shard, once).
+
+        Parameters
+        ----------
+        data : array_like
+            Any sliceable array (numpy, memmap, zarr, dask) of level 0's shape;
+            only one block per worker is in memory at a time.
+        workers : int, optional
+            Threads (default: available CPUs).
+        client : distributed.Client, optional
+            Run on a dask cluster (``data`` must then be picklable).
+        progress : bool
+            Show a progress bar.
+        """
+        if tuple(data.shape) != tuple(self[0].shape):
+            msg = f"{self.path}: data shape {tuple(data.shape)} != level 0 shape {self[0].shape}"
+            raise ValueError(msg)
+        task = _CopyTask(str(self.path), data)
+        todo = [b for b in self.blocks(0) if b not in self.done_blocks(0)]
+        for _ in imap_unordered(
+            task, todo, workers=workers, client=client, progress=progress, desc="level 0"
+        ):
+            pass
 
     def read(self, region: Sequence[slice] | None = None, level: int = 0) -> NDArray[Any]:
         """Read a (z, y, x) region of a level (all channels)."""
@@ -496,7 +526,11 @@ class MultiScaleGroup:
         task = _DownsampleTask(str(self.path), level, f, method)
         blocks = self.blocks(level)
         for _ in imap_unordered(
-            task, blocks, workers=workers, client=client, progress=progress,
+            task,
+            blocks,
+            workers=workers,
+            client=client,
+            progress=progress,
             desc=f"level {level}",
         ):
             pass
@@ -611,9 +645,7 @@ class MultiScaleGroup:
         return ms
 
     def _omero(self) -> dict[str, Any] | None:
-        names = self._info.get("channel_names") or (
-            [self.name] if self.kind == "image" else None
-        )
+        names = self._info.get("channel_names") or ([self.name] if self.kind == "image" else None)
         if not names:
             return None
         dt = np.dtype(self._info["dtype"])
@@ -661,6 +693,20 @@ class MultiScaleGroup:
         return f"MultiScaleGroup({str(self.path)!r}, version={self.version}, levels={shapes})"
 
 
+class _CopyTask:
+    """Picklable task: copy one level-0 block from an array into the store."""
+
+    def __init__(self, path: str, data: Any) -> None:
+        self.path, self.data = path, data
+
+    def __call__(self, block: Block) -> None:
+        group = MultiScaleGroup.open(self.path, mode="r+")
+        region = group.block_region(block, 0)
+        lead = (slice(None),) * (self.data.ndim - 3)
+        group.write_block(region, np.asarray(self.data[(*lead, *region)]), 0)
+        group.mark_done(block, 0)
+
+
 class _DownsampleTask:
     """Picklable task: compute one block of ``level`` from ``level - 1``."""
 
@@ -691,7 +737,9 @@ def _prepare_output(path: Path, overwrite: bool) -> None:
     if not overwrite:
         msg = f"output exists: {path} (pass overwrite=True to replace it)"
         raise OutputExistsError(msg)
-    is_zarr = path.is_dir() and any((path / f).exists() for f in ("zarr.json", ".zgroup", ".zarray"))
+    is_zarr = path.is_dir() and any(
+        (path / f).exists() for f in ("zarr.json", ".zgroup", ".zarray")
+    )
     if not is_zarr:
         msg = f"refusing to overwrite {path}: it exists and is not a zarr store"
         raise StoreError(msg)
@@ -705,7 +753,11 @@ def _info_from_multiscales(ms: dict[str, Any], ome: dict[str, Any], path: Path) 
         ds0 = ms["datasets"][0]
         scale = next(t["scale"] for t in ds0["coordinateTransformations"] if t["type"] == "scale")
         trans = next(
-            (t["translation"] for t in ds0["coordinateTransformations"] if t["type"] == "translation"),
+            (
+                t["translation"]
+                for t in ds0["coordinateTransformations"]
+                if t["type"] == "translation"
+            ),
             [0.0] * len(axes),
         )
         sp = [axes.index(a) for a in "zyx" if a in axes]

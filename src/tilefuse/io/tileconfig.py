@@ -102,8 +102,7 @@ def read_tileconfig(path: str | os.PathLike[str]) -> TileConfiguration:
         m = _LINE.match(line)
         if not m:
             msg = (
-                f"{path}:{lineno}: expected 'file; [series]; (x, y[, z])' or 'dim = N', "
-                f"got {raw!r}"
+                f"{path}:{lineno}: expected 'file; [series]; (x, y[, z])' or 'dim = N', got {raw!r}"
             )
             raise TileConfigError(msg)
         if dim is None:

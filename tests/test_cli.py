@@ -1,0 +1,73 @@
+import json
+
+import numpy as np
+import pytest
+
+from tilefuse import MultiScaleGroup
+from tilefuse.cli import main
+from tilefuse.demo import write_demo
+from tilefuse.io.tileconfig import read_tileconfig
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("demo")
+    return write_demo(folder, shape=(12, 200, 220))
+
+
+def test_demo_command(tmp_path, capsys):
+    assert main(["demo", str(tmp_path / "d"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "matches ground truth exactly: True" in out
+    g = MultiScaleGroup.open(tmp_path / "d" / "fused.ome.zarr")
+    assert g.n_levels == 3 and g.is_complete
+    assert (tmp_path / "d" / "labels" / "TileConfiguration.txt").is_file()
+    labels = sorted((tmp_path / "d" / "labels").glob("*.tif"))
+    assert len(labels) == 9
+
+
+def test_info(demo, capsys):
+    assert main(["info", str(demo.folder)]) == 0
+    out = capsys.readouterr().out
+    assert "tiles       9" in out and "overlaps    20 pairs" in out and "uint16" in out
+    assert main(["info", str(demo.tileconfig), "--json", "--voxel-size", "0.5", "0.2", "0.2"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["tiles"] == 9 and info["voxel_size_um"] == [0.5, 0.2, 0.2]
+    px = read_tileconfig(demo.tileconfig).entries[1].position_px
+    assert px[2] > 0
+    assert info["tile_list"][1]["offset_um"] == pytest.approx(
+        [0.5 * px[0], 0.2 * px[1], 0.2 * px[2]]
+    )
+
+
+def test_stitch_and_rerun(demo, tmp_path, capsys):
+    out = tmp_path / "o.ome.zarr"
+    args = [
+        "stitch",
+        str(demo.folder),
+        "-o",
+        str(out),
+        "--levels",
+        "2",
+        "--no-progress",
+        "--chunks",
+        "8",
+        "64",
+        "64",
+    ]
+    assert main(args) == 0
+    g = MultiScaleGroup.open(out)
+    np.testing.assert_array_equal(g.read(), demo.volume)
+    assert g.n_levels == 2
+    # an existing output is refused with a clear error and exit code 2
+    assert main(args) == 2
+    assert main([*args, "--overwrite", "--blend", "max", "--version", "0.4"]) == 0
+    assert MultiScaleGroup.open(out).version == "0.4"
+
+
+def test_errors_exit_2(tmp_path, caplog):
+    assert main(["info", str(tmp_path / "missing")]) == 2
+    assert "input not found" in caplog.text
+    (tmp_path / "TileConfiguration.txt").write_text("dim = 3\nbroken line\n")
+    assert main(["info", str(tmp_path)]) == 2
+    assert "TileConfiguration.txt:2" in caplog.text
