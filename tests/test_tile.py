@@ -110,3 +110,12 @@ def test_mixed_dimensionality_is_an_error():
         Tileset.from_arrays(
             [np.zeros((2, 8, 8), np.uint8), np.zeros((2, 8, 8), np.uint16)], [(0, 0, 0), (0, 0, 4)]
         )
+
+
+def test_tiff_big_endian_reads_native_values(tmp_path):
+    a = np.random.default_rng(4).integers(0, 60000, (3, 10, 12)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "be.tif", a, byteorder=">", photometric="minisblack")
+    src = TiffSource(tmp_path / "be.tif")
+    got = src.read((slice(0, 3), slice(2, 7), slice(0, 12)))[0]
+    assert got.dtype == np.uint16
+    np.testing.assert_array_equal(got, a[:, 2:7])

@@ -67,11 +67,19 @@ class TiffSource:
             with tifffile.TiffFile(self.path) as tf:
                 s = tf.series[self.series]
                 axes, shape, dtype = s.axes, tuple(s.shape), np.dtype(s.dtype)
+                # uncompressed contiguous data can be read with a short-lived memmap
+                offset = s.dataoffset
+                self._raw = (
+                    (int(offset), np.dtype(tf.byteorder + dtype.char))
+                    if offset is not None
+                    else None
+                )
         except (tifffile.TiffFileError, ValueError, IndexError) as e:
             msg = f"cannot read {self.path} as a TIFF (series {self.series}): {e}"
             raise UnsupportedFormatError(msg) from e
         self._axes = axes
         self._dtype = dtype
+        self._file_shape = shape
         self._perm, self._shape = _axes_to_czyx(axes, shape, self.path)
 
     @property
@@ -90,16 +98,18 @@ class TiffSource:
         return self._axes
 
     def _open(self) -> Any:
+        if self._raw is not None:
+            # mapped per read and dropped after: resident memory does not
+            # accumulate the pages of every tile ever read
+            offset, dt = self._raw
+            return np.memmap(self.path, dtype=dt, mode="r", offset=offset, shape=self._file_shape)
         with self._lock:
             if self._array is None:
-                try:
-                    self._array = tifffile.memmap(self.path, series=self.series, mode="r")
-                except ValueError:
-                    import zarr
+                import zarr
 
-                    self._handle = tifffile.TiffFile(self.path)
-                    store = self._handle.series[self.series].aszarr()
-                    self._array = zarr.open_array(store, mode="r")
+                self._handle = tifffile.TiffFile(self.path)
+                store = self._handle.series[self.series].aszarr()
+                self._array = zarr.open_array(store, mode="r")
             return self._array
 
     def read(self, region: Region) -> NDArray[Any]:
@@ -111,7 +121,8 @@ class TiffSource:
         by_role = {"c": slice(None), "z": region[0], "y": region[1], "x": region[2]}
         for file_ax, role in self._perm.items():
             file_index[file_ax] = by_role[role]
-        data = np.asarray(arr[tuple(file_index)])
+        data = np.array(arr[tuple(file_index)], dtype=self._dtype)
+        del arr
         roles = [self._perm[i] for i in sorted(self._perm)]
         for role in "czyx":
             if role not in roles:
