@@ -20,7 +20,7 @@ def test_sweep_matches_brute_force_on_random_boxes(seed):
     lo = rng.uniform(0, 100, (n, 3))
     hi = lo + rng.uniform(0.5, 15, (n, 3))
     hi[: n // 3, 0] = lo[: n // 3, 0] + 1  # some flat (2D-like) boxes
-    got = {tuple(p) for p in overlapping_pairs(lo, hi, batch=97)}
+    got = {tuple(p) for p in overlapping_pairs(lo, hi, max_cells=8)}
     assert got == brute_pairs(lo, hi)
 
 

@@ -61,3 +61,24 @@ def test_fractional_and_nonsquare():
     assert o.slices_i == (slice(0, 3), slice(9, 10), slice(27, 30))
     assert o.slices_j == (slice(0, 3), slice(0, 1), slice(0, 3))
     assert o.volume == pytest.approx(3 * 0.5 * 2.75)
+
+
+def test_rotated_tile_overlap_slices_cover_the_box():
+    from tilefuse import Tile
+    from tilefuse.geometry import voxel_slices
+
+    a = np.eye(4)
+    a[1:3, 1:3] = [[0.8, -0.6], [0.6, 0.8]]  # 36.87 degrees about z
+    t1 = Tile.from_array(np.zeros((2, 30, 30)))
+    t2 = Tile.from_array(np.zeros((2, 30, 30))).with_affine(a)
+    (o,) = Tileset([t1, t2]).overlaps()
+    assert o.slices_i == voxel_slices(t1.affine, t1.shape, o.lo, o.hi)
+    assert o.slices_j == voxel_slices(t2.affine, t2.shape, o.lo, o.hi)
+    # every corner of the overlap box, clipped to tile 2, lies inside tile 2's slices
+    inv = np.linalg.inv(a)
+    for corner in (
+        np.array(np.meshgrid(*zip(o.lo, o.hi, strict=True), indexing="ij")).reshape(3, -1).T
+    ):
+        idx = np.clip(inv[:3, :3] @ corner + inv[:3, 3], 0, t2.shape)
+        for ax, s in enumerate(o.slices_j):
+            assert s.start - 1e-9 <= idx[ax] <= s.stop + 1e-9

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 __all__ = [
     "affine_from_offset",
     "box_of",
+    "boxes_of",
     "boxes_overlap",
     "is_translation",
     "overlapping_pairs",
@@ -59,9 +60,23 @@ def box_of(
     affine: NDArray[np.float64], shape: Sequence[int]
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """World bounding box ``(lo, hi)`` of a tile of ``shape`` placed by ``affine``."""
-    n = np.asarray(shape, dtype=float)
-    corners = np.array(np.meshgrid(*[[0.0, s] for s in n], indexing="ij")).reshape(3, -1)
-    world = affine[:3, :3] @ corners + affine[:3, 3:4]
+    lo, hi = boxes_of(np.asarray(affine)[None], np.asarray(shape)[None])
+    return lo[0], hi[0]
+
+
+def boxes_of(
+    affines: NDArray[np.float64], shapes: NDArray[np.int_]
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """World bounding boxes ``(lo, hi)``, each (n, 3), of n tiles at once.
+
+    Parameters
+    ----------
+    affines : ndarray of shape (n, 4, 4)
+    shapes : ndarray of shape (n, 3)
+    """
+    unit = np.array(np.meshgrid([0, 1], [0, 1], [0, 1], indexing="ij")).reshape(3, -1).T
+    corners = unit[None, :, :] * np.asarray(shapes, dtype=float)[:, None, :]  # (n, 8, 3)
+    world = np.einsum("nij,nkj->nki", affines[:, :3, :3], corners) + affines[:, None, :3, 3]
     return world.min(axis=1), world.max(axis=1)
 
 
@@ -76,22 +91,23 @@ def boxes_overlap(
 
 
 def overlapping_pairs(
-    lo: NDArray[np.float64], hi: NDArray[np.float64], *, batch: int = 1 << 22
+    lo: NDArray[np.float64], hi: NDArray[np.float64], *, max_cells: int = 64
 ) -> NDArray[np.intp]:
-    """Find every pair of boxes that overlap, each once, by sort-and-sweep.
+    """Find every pair of boxes that overlap, each once, with a uniform grid index.
 
-    Boxes are sorted along the axis that yields the fewest sweep candidates;
-    a candidate ``(i, j)`` is any box ``j`` whose start lies before the end of
-    box ``i`` on that axis. Candidates are then tested on the other axes,
-    vectorised, in batches of at most ``batch`` pairs. The cost is
-    ``O(n log n + candidates)``; on a regular grid that is linear in ``n``.
+    Space is cut into cells the size of the median box; each box is entered
+    in the cells it touches, candidate pairs are boxes that share a cell, and
+    candidates are tested exactly, all vectorised. On tile grids a box touches
+    a handful of cells, so the cost is about linear in the number of boxes.
+    Boxes much larger than the median (touching more than ``max_cells``
+    cells) are tested against all boxes directly.
 
     Parameters
     ----------
     lo, hi : ndarray of shape (n, d)
         Lower and upper (half-open) corners.
-    batch : int
-        Maximum number of candidate pairs tested at once (bounds memory).
+    max_cells : int
+        Boxes touching more cells than this are handled by a direct test.
 
     Returns
     -------
@@ -103,40 +119,57 @@ def overlapping_pairs(
     n = lo.shape[0]
     if n < 2:
         return np.empty((0, 2), dtype=np.intp)
-    best = None
-    for ax in range(lo.shape[1]):
-        order = np.argsort(lo[:, ax], kind="stable")
-        slo = lo[order, ax]
-        # candidates of sorted box k: boxes k+1 .. end[k]-1 (those starting before hi_k)
-        end = np.searchsorted(slo, hi[order, ax], side="left")
-        counts = np.maximum(end - np.arange(n) - 1, 0)
-        total = int(counts.sum())
-        if best is None or total < best[0]:
-            best = (total, order, counts)
-    assert best is not None
-    _, order, counts = best
-    out: list[NDArray[np.intp]] = []
-    starts = np.arange(n)
-    # walk the sorted boxes in groups whose candidate count fits in one batch
-    cum = np.cumsum(counts)
-    k0 = 0
-    while k0 < n:
-        base = cum[k0 - 1] if k0 else 0
-        k1 = int(np.searchsorted(cum, base + batch, side="right"))
-        k1 = max(k1, k0 + 1)
-        c = counts[k0:k1]
-        first = np.repeat(starts[k0:k1], c)
-        within = np.arange(int(c.sum())) - np.repeat(np.cumsum(c) - c, c)
-        second = first + 1 + within
-        a, b = order[first], order[second]
-        keep = np.all(np.maximum(lo[a], lo[b]) < np.minimum(hi[a], hi[b]), axis=1)
-        pair = np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1)[keep]
-        out.append(pair)
-        k0 = k1
-    pairs = np.concatenate(out) if out else np.empty((0, 2), dtype=np.intp)
-    if len(pairs):
-        pairs = pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
-    return pairs.astype(np.intp)
+    ext = hi - lo
+    cell = np.median(ext, axis=0)
+    cell = np.where(cell > 0, cell, 1.0)
+    first = np.floor((lo - lo.min(axis=0)) / cell).astype(np.int64)
+    last = np.maximum(np.ceil((hi - lo.min(axis=0)) / cell).astype(np.int64) - 1, first)
+    span = last - first + 1
+    n_cells = np.prod(span, axis=1)
+    big = n_cells > max_cells
+    pairs = [_pairs_in_cells(np.flatnonzero(~big), first, span, lo, hi)]
+    for i in np.flatnonzero(big):  # few, if any: test them against everything
+        others = np.arange(n)
+        hit = np.all((np.maximum(lo[i], lo) < np.minimum(hi[i], hi)), axis=1) & (others != i)
+        j = others[hit]
+        pairs.append(np.stack([np.minimum(i, j), np.maximum(i, j)], axis=1))
+    out = np.unique(np.concatenate(pairs).reshape(-1, 2), axis=0)
+    return out.astype(np.intp)
+
+
+def _pairs_in_cells(
+    idx: NDArray[np.intp],
+    first: NDArray[np.int64],
+    span: NDArray[np.int64],
+    lo: NDArray[np.float64],
+    hi: NDArray[np.float64],
+) -> NDArray[np.intp]:
+    """Overlapping pairs among boxes ``idx`` that share at least one grid cell."""
+    if len(idx) < 2:
+        return np.empty((0, 2), dtype=np.intp)
+    d = first.shape[1]
+    counts = np.prod(span[idx], axis=1)
+    owner = np.repeat(idx, counts)
+    # k-th cell of each box, as a multi-index offset inside its span
+    k = np.arange(len(owner)) - np.repeat(np.cumsum(counts) - counts, counts)
+    cells = np.empty((len(owner), d), dtype=np.int64)
+    sp = span[owner]
+    for ax in range(d - 1, -1, -1):
+        cells[:, ax] = first[owner, ax] + k % sp[:, ax]
+        k //= sp[:, ax]
+    dims = cells.max(axis=0) + 1
+    key = np.ravel_multi_index(tuple(cells.T), tuple(int(x) for x in dims))
+    order = np.argsort(key, kind="stable")
+    key, owner = key[order], owner[order]
+    # partners of entry e: the following entries with the same cell key
+    end = np.searchsorted(key, key, side="right")
+    c = end - np.arange(len(key)) - 1
+    a_idx = np.repeat(np.arange(len(key)), c)
+    b_idx = a_idx + 1 + (np.arange(int(c.sum())) - np.repeat(np.cumsum(c) - c, c))
+    a, b = owner[a_idx], owner[b_idx]
+    keep = np.all(np.maximum(lo[a], lo[b]) < np.minimum(hi[a], hi[b]), axis=1)
+    a, b = a[keep], b[keep]
+    return np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1)
 
 
 def voxel_slices(

@@ -6,6 +6,7 @@ import logging
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, overload
 
@@ -17,7 +18,13 @@ from tilefuse.errors import (
     MissingTileError,
     UnsupportedFormatError,
 )
-from tilefuse.geometry import affine_from_offset, overlapping_pairs, voxel_slices
+from tilefuse.geometry import (
+    INTEGER_TOL,
+    affine_from_offset,
+    boxes_of,
+    overlapping_pairs,
+    voxel_slices,
+)
 from tilefuse.tile import Tile
 
 if TYPE_CHECKING:
@@ -328,13 +335,13 @@ class Tileset(Sequence[Tile]):
     @property
     def offsets(self) -> NDArray[np.float64]:
         """Offsets (n, 3), (z, y, x) micrometres."""
-        return np.array([t.offset for t in self._tiles])
+        return self._placement["offset"].copy()
 
     @property
     def bounds(self) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         """World box ``(lo, hi)`` covering every tile."""
-        boxes = [t.box for t in self._tiles]
-        return np.min([b[0] for b in boxes], axis=0), np.max([b[1] for b in boxes], axis=0)
+        lo, hi = self._boxes
+        return lo.min(axis=0), hi.max(axis=0)
 
     def with_offsets(self, offsets: ArrayLike) -> Tileset:
         """Copy with new tile offsets (n, 3) in micrometres."""
@@ -347,30 +354,64 @@ class Tileset(Sequence[Tile]):
     def overlaps(self) -> list[Overlap]:
         """Every pair of overlapping tiles, once each (``i < j``).
 
-        Uses a sort-and-sweep over the tiles' world boxes, so cost grows with
-        the number of tiles and true neighbours, not with its square.
+        Uses a uniform grid index over the tiles' world boxes, so cost grows with
+        the number of tiles and true neighbours, not with its square; boxes
+        and voxel slices of axis-aligned tiles are computed vectorised.
 
         Returns
         -------
         list of Overlap
         """
-        boxes = [t.box for t in self._tiles]
-        lo = np.array([b[0] for b in boxes])
-        hi = np.array([b[1] for b in boxes])
-        out = []
-        for i, j in overlapping_pairs(lo, hi):
-            olo, ohi = np.maximum(lo[i], lo[j]), np.minimum(hi[i], hi[j])
-            ti, tj = self._tiles[i], self._tiles[j]
-            out.append(
-                Overlap(
-                    int(i),
-                    int(j),
-                    olo,
-                    ohi,
-                    voxel_slices(ti.affine, ti.shape, olo, ohi),
-                    voxel_slices(tj.affine, tj.shape, olo, ohi),
-                )
-            )
+        lo, hi = self._boxes
+        pairs = overlapping_pairs(lo, hi)
+        if not len(pairs):
+            return []
+        i, j = pairs[:, 0], pairs[:, 1]
+        olo, ohi = np.maximum(lo[i], lo[j]), np.minimum(hi[i], hi[j])
+        si = self._voxel_ranges(i, olo, ohi)
+        sj = self._voxel_ranges(j, olo, ohi)
+        return [
+            Overlap(int(a), int(b), bl, bh, x, y)
+            for a, b, bl, bh, x, y in zip(i, j, olo, ohi, si, sj, strict=True)
+        ]
+
+    @cached_property
+    def _boxes(self) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        p = self._placement
+        return boxes_of(p["affine"], p["shape"])
+
+    @cached_property
+    def _placement(self) -> dict[str, NDArray[Any]]:
+        """Per-tile affines, offsets, voxel sizes, shapes and axis-alignment, as arrays."""
+        aff = np.stack([t.affine for t in self._tiles])
+        lin = aff[:, :3, :3]
+        diag = np.diagonal(lin, axis1=1, axis2=2)
+        off_diag = lin - diag[:, :, None] * np.eye(3)
+        return {
+            "affine": aff,
+            "offset": aff[:, :3, 3],
+            "voxel_size": np.linalg.norm(lin, axis=1),
+            "shape": np.array([t.shape for t in self._tiles]),
+            "axis_aligned": np.all(np.abs(off_diag) <= 1e-9, axis=(1, 2))
+            & np.all(diag > 0, axis=1),
+        }
+
+    def _voxel_ranges(
+        self, idx: NDArray[np.intp], lo: NDArray[np.float64], hi: NDArray[np.float64]
+    ) -> list[tuple[slice, ...]]:
+        """Voxel slices of tiles ``idx`` covering world boxes ``[lo, hi)`` (one per row)."""
+        tiles, p = self._tiles, self._placement
+        axis_aligned = p["axis_aligned"][idx]
+        offs, vs, shape = p["offset"][idx], p["voxel_size"][idx], p["shape"][idx]
+        start = np.clip(np.floor((lo - offs) / vs + INTEGER_TOL), 0, shape).astype(int)
+        stop = np.clip(np.ceil((hi - offs) / vs - INTEGER_TOL), 0, shape).astype(int)
+        out: list[tuple[slice, ...]] = []
+        for k, (a, b) in enumerate(zip(start.tolist(), stop.tolist(), strict=True)):
+            if axis_aligned[k]:
+                out.append((slice(a[0], b[0]), slice(a[1], b[1]), slice(a[2], b[2])))
+            else:
+                t = tiles[idx[k]]
+                out.append(voxel_slices(t.affine, t.shape, lo[k], hi[k]))
         return out
 
     # -- fusion -------------------------------------------------------------------------
