@@ -37,7 +37,9 @@ def run_measured(cmd: list[str], timeout: float = 3600) -> dict:
     """Run ``cmd``; return its last JSON stdout line plus ``wall_s`` and ``peak_rss_mb``."""
     log.info("running: %s", " ".join(map(str, cmd)))
     t0 = time.perf_counter()
-    proc = subprocess.Popen(list(map(str, cmd)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        list(map(str, cmd)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     ps = psutil.Process(proc.pid)
     peak = 0
     stop = threading.Event()

@@ -100,8 +100,10 @@ def main() -> None:
     ]
     if not args.skip_peer:
         runs.append(
-            ("multiview-stitcher (chunks 64x256x256)",
-             [peers_python(), HERE / "peers" / "mvs_fuse.py", "--chunks", 64, 256, 256])
+            (
+                "multiview-stitcher (chunks 64x256x256)",
+                [peers_python(), HERE / "peers" / "mvs_fuse.py", "--chunks", 64, 256, 256],
+            )
         )
     for label, cmd in runs:
         out = wd / (label.split()[0] + ("-sharded" if "sharded" in label else "") + ".zarr")
@@ -121,8 +123,22 @@ def main() -> None:
             del tiles
             out = wd / f"scaling{grid}.ome.zarr"
             r = run_measured(
-                [py, HERE / "tf_fuse.py", "--tiles", d, "--out", out,
-                 "--chunks", 32, 128, 128, "--shards", 64, 512, 512]
+                [
+                    py,
+                    HERE / "tf_fuse.py",
+                    "--tiles",
+                    d,
+                    "--out",
+                    out,
+                    "--chunks",
+                    32,
+                    128,
+                    128,
+                    "--shards",
+                    64,
+                    512,
+                    512,
+                ]
             )
             r.update(grid=f"{grid}x{grid}", mb_per_s=round(r["out_bytes"] / 1e6 / r["seconds"], 2))
             results["scaling"].append(r)
@@ -131,15 +147,21 @@ def main() -> None:
 
     (ROOT / "benchmarks" / "results").mkdir(exist_ok=True)
     (ROOT / "benchmarks" / "results" / "fuse.json").write_text(json.dumps(results, indent=2))
-    lines = ["| run | fused MB | seconds | MB/s | peak RSS MB | max abs err vs truth | disk MB |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| run | fused MB | seconds | MB/s | peak RSS MB | max abs err vs truth | disk MB |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in results["compare"]:
         lines.append(
             f"| {r['label']} | {r['out_bytes'] / 1e6:.0f} | {r['seconds']:.2f} | {r['mb_per_s']} "
             f"| {r['peak_rss_mb']} | {r['max_abs_err']} | {r['disk_mb']} |"
         )
     if results["scaling"]:
-        lines += ["", "| tilefuse grid | fused MB | seconds | MB/s | peak RSS MB |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| tilefuse grid | fused MB | seconds | MB/s | peak RSS MB |",
+            "|---|---|---|---|---|",
+        ]
         for r in results["scaling"]:
             lines.append(
                 f"| {r['grid']} | {r['out_bytes'] / 1e6:.0f} | {r['seconds']:.1f} | {r['mb_per_s']} "

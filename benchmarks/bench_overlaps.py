@@ -39,7 +39,10 @@ def grid_tileset(n: int, seed: int = 0) -> Tileset:
     vs = (0.4, 0.17, 0.17)
     src = NoPixels()
     tiles = [
-        Tile(src, affine_from_offset(vs, (0.0, r * step + rng.normal(0, 2), c * step + rng.normal(0, 2))))
+        Tile(
+            src,
+            affine_from_offset(vs, (0.0, r * step + rng.normal(0, 2), c * step + rng.normal(0, 2))),
+        )
         for r in range(n)
         for c in range(n)
     ]

@@ -70,39 +70,52 @@ def main() -> None:
     sims = []
     for i, off in enumerate(pos["offsets_um"]):
         arr = tifffile.imread(args.tiles / f"tile_{i:03d}.tif")
-        sims.append(si_utils.get_sim_from_array(
-            arr, dims=list(DIMS), scale=scale,
-            translation=dict(zip(DIMS, map(float, off))),
-            transform_key=TRANSFORM_KEY))
+        sims.append(
+            si_utils.get_sim_from_array(
+                arr,
+                dims=list(DIMS),
+                scale=scale,
+                translation=dict(zip(DIMS, map(float, off))),
+                transform_key=TRANSFORM_KEY,
+            )
+        )
     log.info("read %d tiles in %.2f s", len(sims), time.perf_counter() - t0)
 
     # multiview-stitcher prints progress on stdout; keep stdout for the JSON line.
     with contextlib.redirect_stdout(sys.stderr):
         if args.writer == "dask":
-            fused = fusion.fuse(images=sims, transform_key=TRANSFORM_KEY,
-                                output_chunksize=chunks)
+            fused = fusion.fuse(images=sims, transform_key=TRANSFORM_KEY, output_chunksize=chunks)
             data = fused.data[0, 0]  # drop t, c
             da.to_zarr(data, str(args.out), compute=True)
         else:
             fused = fusion.fuse(
-                images=sims, transform_key=TRANSFORM_KEY, output_chunksize=chunks,
+                images=sims,
+                transform_key=TRANSFORM_KEY,
+                output_chunksize=chunks,
                 output_zarr_url=str(args.out),
-                batch_options={"batch_func": misc_utils.process_batch_using_joblib,
-                               "n_batch": 4 * ncpu,
-                               "batch_func_kwargs": {"n_jobs": ncpu, "backend": "threading"}})
+                batch_options={
+                    "batch_func": misc_utils.process_batch_using_joblib,
+                    "n_batch": 4 * ncpu,
+                    "batch_func_kwargs": {"n_jobs": ncpu, "backend": "threading"},
+                },
+            )
             data = fused.data[0, 0]
     seconds = time.perf_counter() - t0
 
     out_shape = [int(s) for s in data.shape]
-    print(json.dumps({
-        "tool": "multiview-stitcher",
-        "version": multiview_stitcher.__version__,
-        "seconds": round(seconds, 3),
-        "out_shape": out_shape,
-        "out_bytes": int(np.prod(out_shape)) * np.dtype(data.dtype).itemsize,
-        "writer": args.writer,
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-    }))
+    print(
+        json.dumps(
+            {
+                "tool": "multiview-stitcher",
+                "version": multiview_stitcher.__version__,
+                "seconds": round(seconds, 3),
+                "out_shape": out_shape,
+                "out_bytes": int(np.prod(out_shape)) * np.dtype(data.dtype).itemsize,
+                "writer": args.writer,
+                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

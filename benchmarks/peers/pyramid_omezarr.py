@@ -52,19 +52,28 @@ def main() -> None:
     arr = np.load(args.input, mmap_mode="r")
     log.info("input %s %s, scale_factors %s", arr.shape, arr.dtype, scale_factors)
     with contextlib.redirect_stdout(sys.stderr):
-        write_image(arr, str(args.out), scale_factors=scale_factors, axes="zyx",
-                    storage_options={"chunks": tuple(args.chunks)})
+        write_image(
+            arr,
+            str(args.out),
+            scale_factors=scale_factors,
+            axes="zyx",
+            storage_options={"chunks": tuple(args.chunks)},
+        )
     seconds = time.perf_counter() - t0
 
     group = zarr.open_group(str(args.out), mode="r")
     paths = [d["path"] for d in group.attrs["ome"]["multiscales"][0]["datasets"]]
-    print(json.dumps({
-        "tool": "ome-zarr-py",
-        "version": ome_zarr.__version__,
-        "seconds": round(seconds, 3),
-        "levels": [list(group[pth].shape) for pth in paths],
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-    }))
+    print(
+        json.dumps(
+            {
+                "tool": "ome-zarr-py",
+                "version": ome_zarr.__version__,
+                "seconds": round(seconds, 3),
+                "levels": [list(group[pth].shape) for pth in paths],
+                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -71,9 +71,12 @@ def main() -> None:
 
     t0 = time.perf_counter()
     arr = np.load(args.input, mmap_mode="r")
-    planes = [da.from_delayed(dask.delayed(_read_plane)(str(args.input), k),
-                              shape=arr.shape[:0:-1], dtype=arr.dtype)
-              for k in range(arr.shape[0])]
+    planes = [
+        da.from_delayed(
+            dask.delayed(_read_plane)(str(args.input), k), shape=arr.shape[:0:-1], dtype=arr.dtype
+        )
+        for k in range(arr.shape[0])
+    ]
     data = da.stack(planes, axis=2)  # (x, y, z), chunks (nx, ny, 1)
     spec = ArraySpec.from_array(
         data,
@@ -82,8 +85,12 @@ def main() -> None:
     )
     with contextlib.redirect_stdout(sys.stderr):
         group = stack_to_chunk.MultiScaleGroup(
-            args.out, name="image", voxel_size=(1.0, 1.0, 1.0),
-            spatial_unit="micrometer", array_spec=spec)
+            args.out,
+            name="image",
+            voxel_size=(1.0, 1.0, 1.0),
+            spatial_unit="micrometer",
+            array_spec=spec,
+        )
         group.add_full_res_data(data, n_processes=args.processes)
         log.info("level 0 written at %.2f s", time.perf_counter() - t0)
         for level in range(1, args.levels):
@@ -92,14 +99,20 @@ def main() -> None:
     # Stop joblib's reusable loky workers so that RUSAGE_CHILDREN counts them.
     get_reusable_executor().shutdown(wait=True)
 
-    print(json.dumps({
-        "tool": "stack-to-chunk",
-        "version": stack_to_chunk.__version__,
-        "seconds": round(seconds, 3),
-        "levels": [list(group[lv].shape)[::-1] for lv in group.levels],
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "peak_rss_children_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
-    }))
+    print(
+        json.dumps(
+            {
+                "tool": "stack-to-chunk",
+                "version": stack_to_chunk.__version__,
+                "seconds": round(seconds, 3),
+                "levels": [list(group[lv].shape)[::-1] for lv in group.levels],
+                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                "peak_rss_children_mb": round(
+                    resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1
+                ),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -176,18 +176,72 @@ class FusionPlan:
                     covered[sub] |= True if mask is None else mask
             out[:, ~covered] = 0
             return self._cast(out)
+        parts = [p for i in idx for p in self._samples(self.tiles[i], region)]
+        if all(mask is None for _, _, mask, _ in parts):
+            return self._blend_cells(parts, shape)
         acc = np.zeros((c, *shape), dtype=self._acc)
         wsum = np.zeros(shape, dtype=self._acc)
-        for i in idx:
-            for sub, data, mask, w in self._samples(self.tiles[i], region):
-                if self.blend == "mean":
-                    w = np.ones(data.shape[1:], dtype=self._acc)
-                if mask is not None:
-                    w = w * mask
-                acc[(slice(None), *sub)] += data * w
-                wsum[sub] += w
+        for sub, data, mask, w in parts:
+            w = self._weight(w, data.shape[1:])
+            if mask is not None:
+                w = w * mask
+            acc[(slice(None), *sub)] += data * w
+            wsum[sub] += w
         np.divide(acc, wsum, out=acc, where=wsum > 0)
         return self._cast(acc)
+
+    def _weight(self, w: Any, shape: tuple[int, ...], cell: Region | None = None) -> NDArray[Any]:
+        """A contribution's weight (on ``cell``, relative to its sub-region), broadcastable."""
+        if self.blend == "mean" or w is None:
+            return np.ones((1, 1, 1), dtype=self._acc)
+        if isinstance(w, tuple):  # separable ramps: outer product over the cell only
+            out = np.ones((1, 1, 1), dtype=self._acc)
+            for ax, r in enumerate(w):
+                seg = r if cell is None else r[cell[ax]]
+                sh = [1, 1, 1]
+                sh[ax] = seg.size
+                out = out * seg.reshape(sh)
+            return out
+        return w if cell is None else w[cell]
+
+    def _blend_cells(self, parts: list[Any], shape: tuple[int, ...]) -> NDArray[Any]:
+        """Blend axis-aligned contributions cell by cell.
+
+        The block is cut at every contribution's border into cells covered by
+        a fixed set of tiles: cells covered once are copied as they are (no
+        float work), only cells covered several times are blended.
+        """
+        out = np.zeros((self.n_channels, *shape), dtype=self.dtype)
+        cuts = [
+            sorted({0, shape[ax]} | {b for sub, *_ in parts for b in (sub[ax].start, sub[ax].stop)})
+            for ax in range(3)
+        ]
+        for cz in zip(cuts[0][:-1], cuts[0][1:], strict=True):
+            for cy in zip(cuts[1][:-1], cuts[1][1:], strict=True):
+                for cx in zip(cuts[2][:-1], cuts[2][1:], strict=True):
+                    cell = (slice(*cz), slice(*cy), slice(*cx))
+                    cover = [p for p in parts if _contains(p[0], cell)]
+                    if not cover:
+                        continue
+                    rel = [
+                        tuple(
+                            slice(c.start - s.start, c.stop - s.start)
+                            for c, s in zip(cell, p[0], strict=True)
+                        )
+                        for p in cover
+                    ]
+                    target = out[(slice(None), *cell)]
+                    if len(cover) == 1:
+                        target[...] = self._cast(cover[0][1][(slice(None), *rel[0])])
+                        continue
+                    acc = np.zeros(target.shape, dtype=self._acc)
+                    wsum = np.zeros((1, 1, 1), dtype=self._acc)
+                    for (_, data, _, w), r in zip(cover, rel, strict=True):
+                        wr = self._weight(w, data.shape[1:], r)
+                        acc += data[(slice(None), *r)] * wr
+                        wsum = wsum + wr
+                    target[...] = self._cast(acc / wsum)
+        return out
 
     def _cast(self, data: NDArray[Any]) -> NDArray[Any]:
         if data.dtype == self.dtype:
@@ -246,17 +300,16 @@ class FusionPlan:
 
     def _weights_translation(
         self, tile: Tile, d: NDArray[np.float64], region: Region, sub: list[slice]
-    ) -> NDArray[Any]:
+    ) -> tuple[NDArray[Any], ...] | None:
+        """Separable linear weights: one 1D ramp per axis (None when not blending)."""
         if self.blend != "linear":
-            return np.ones(tuple(s.stop - s.start for s in sub), dtype=self._acc)
-        w = np.ones((1, 1, 1), dtype=self._acc)
+            return None
+        ramps = []
         for ax in range(3):
             j = np.arange(sub[ax].start, sub[ax].stop) + region[ax].start
             r = ramp(j + d[ax], tile.shape[ax], tile.voxel_size[ax], self.blend_width[ax])
-            shape = [1, 1, 1]
-            shape[ax] = r.size
-            w = w * r.reshape(shape).astype(self._acc)
-        return w
+            ramps.append(r.astype(self._acc))
+        return tuple(ramps)
 
     def _samples_affine(
         self, tile: Tile, region: Region
@@ -301,6 +354,10 @@ def _lerp(data: NDArray[Any], axis: int, f: float, n_out: int) -> NDArray[Any]:
     idx = np.minimum(np.arange(1, n_out + 1), data.shape[axis] - 1)
     b = np.take(data, idx, axis=axis)
     return a * (1 - f) + b * f
+
+
+def _contains(sub: Region, cell: Region) -> bool:
+    return all(s.start <= c.start and c.stop <= s.stop for s, c in zip(sub, cell, strict=True))
 
 
 def _put(
