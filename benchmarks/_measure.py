@@ -7,6 +7,7 @@ whole).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import subprocess
@@ -26,10 +27,8 @@ PEERS_PYTHON = Path("/work/peers-venv/bin/python")
 def tree_rss(proc: psutil.Process) -> int:
     total = 0
     for p in [proc, *proc.children(recursive=True)]:
-        try:
+        with contextlib.suppress(psutil.Error):
             total += p.memory_info().rss
-        except psutil.Error:
-            pass
     return total
 
 

@@ -39,9 +39,9 @@ import time
 from pathlib import Path
 
 import dask.array as da
+import multiview_stitcher
 import numpy as np
 import tifffile
-import multiview_stitcher
 from multiview_stitcher import fusion, misc_utils
 from multiview_stitcher import spatial_image_utils as si_utils
 
@@ -61,12 +61,12 @@ def main() -> None:
 
     if args.out.exists():
         shutil.rmtree(args.out)
-    chunks = dict(zip(DIMS, args.chunks))
+    chunks = dict(zip(DIMS, args.chunks, strict=False))
     ncpu = os.cpu_count() or 1
 
     t0 = time.perf_counter()
     pos = json.loads((args.tiles / "positions.json").read_text())
-    scale = dict(zip(DIMS, map(float, pos["voxel_size"])))
+    scale = dict(zip(DIMS, map(float, pos["voxel_size"]), strict=False))
     sims = []
     for i, off in enumerate(pos["offsets_um"]):
         arr = tifffile.imread(args.tiles / f"tile_{i:03d}.tif")
@@ -75,7 +75,7 @@ def main() -> None:
                 arr,
                 dims=list(DIMS),
                 scale=scale,
-                translation=dict(zip(DIMS, map(float, off))),
+                translation=dict(zip(DIMS, map(float, off), strict=False)),
                 transform_key=TRANSFORM_KEY,
             )
         )

@@ -28,8 +28,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import zarr
 import ome_zarr
+import zarr
 from ome_zarr.writer import write_image
 
 log = logging.getLogger("pyramid_omezarr")
