@@ -71,3 +71,42 @@ def test_errors_exit_2(tmp_path, caplog):
     (tmp_path / "TileConfiguration.txt").write_text("dim = 3\nbroken line\n")
     assert main(["info", str(tmp_path)]) == 2
     assert "TileConfiguration.txt:2" in caplog.text
+
+
+def test_interrupted_stitch_is_completed_by_rerun(demo, tmp_path):
+    """A stitch that died half-way is finished by running the same command again."""
+    import dataclasses
+
+    from conftest import CountingSource
+    from tilefuse import Tileset
+
+    out = tmp_path / "o.ome.zarr"
+    ts = Tileset.open(demo.folder)
+    # the same tiles, but every source dies after a few reads (a crash mid-run)
+    dying = Tileset(
+        [dataclasses.replace(t, source=CountingSource(t.read(), fail_after=2)) for t in ts]
+    )
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        dying.fuse(out, chunks=(12, 64, 64), shards=(12, 64, 64), workers=1, levels=2)
+    assert not MultiScaleGroup.open(out).is_complete
+    args = [
+        "stitch",
+        str(demo.folder),
+        "-o",
+        str(out),
+        "--levels",
+        "2",
+        "--no-progress",
+        "--chunks",
+        "12",
+        "64",
+        "64",
+        "--shards",
+        "12",
+        "64",
+        "64",
+    ]
+    assert main(args) == 0
+    g = MultiScaleGroup.open(out)
+    assert g.is_complete
+    np.testing.assert_array_equal(g.read(), demo.volume)

@@ -104,12 +104,18 @@ def _run_threads(
                 fut.cancel()
 
 
+def _apply(item: Any, task: Callable[[Any], Any]) -> Any:
+    return task(item)
+
+
 def _run_client(
     func: Callable[[T], R], items: Sequence[T], client: Any, bar: tqdm[Any]
 ) -> Iterator[tuple[T, R]]:
     from distributed import as_completed
 
-    futures = client.map(func, list(items), pure=False)
+    # ship the (possibly large) task object to every worker once, not once per task
+    [shared] = client.scatter([func], broadcast=True, hash=False)
+    futures = client.map(_apply, list(items), task=shared, pure=False)
     index = {f.key: i for i, f in enumerate(futures)}
     try:
         for fut in as_completed(futures):
