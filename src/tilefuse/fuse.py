@@ -25,7 +25,7 @@ from scipy import ndimage
 from tilefuse.blend import BLEND_MODES, ramp
 from tilefuse.errors import EmptyTilesetError, IncompatibleTilesError, OutputExistsError, StoreError
 from tilefuse.geometry import INTEGER_TOL, is_translation
-from tilefuse.io.ome_zarr import MultiScaleGroup, default_chunks
+from tilefuse.io.ome_zarr import MultiScaleGroup, _StoreTask, default_chunks
 from tilefuse.parallel import imap_unordered
 
 if TYPE_CHECKING:
@@ -376,14 +376,14 @@ def default_blend_width(tiles: Sequence[Tile]) -> NDArray[np.float64]:
     return 0.1 * ext
 
 
-class _BlockToStore:
+class _BlockToStore(_StoreTask):
     """Picklable task: render one block and write it (and its marker) to a store."""
 
     def __init__(self, plan: FusionPlan, path: str) -> None:
         self.plan, self.path = plan, path
 
     def __call__(self, block: tuple[int, int, int]) -> None:
-        group = MultiScaleGroup.open(self.path, mode="r+")
+        group = self.group()
         region = group.block_region(block, 0)
         data = self.plan.render(region)
         if group[0].ndim == 3:

@@ -102,6 +102,7 @@ class MultiScaleGroup:
     def __init__(self, path: str | os.PathLike[str], group: zarr.Group) -> None:
         self.path = Path(path)
         self.group = group
+        self._arrays: dict[int, zarr.Array] = {}
         self._reload_attrs()
 
     # -- construction -------------------------------------------------------------
@@ -290,7 +291,7 @@ class MultiScaleGroup:
     def n_levels(self) -> int:
         """Number of resolution levels present."""
         n = 0
-        while isinstance(self.group.get(str(n)), zarr.Array):
+        while n in self._arrays or isinstance(self.group.get(str(n)), zarr.Array):
             n += 1
         return n
 
@@ -300,8 +301,11 @@ class MultiScaleGroup:
         return [self[i] for i in range(self.n_levels)]
 
     def __getitem__(self, level: int) -> zarr.Array:
-        arr = self.group[str(level)]
-        assert isinstance(arr, zarr.Array)
+        arr = self._arrays.get(level)
+        if arr is None:
+            arr = self.group[str(level)]
+            assert isinstance(arr, zarr.Array)
+            self._arrays[level] = arr
         return arr
 
     @property
@@ -442,6 +446,7 @@ class MultiScaleGroup:
 
     # -- levels -------------------------------------------------------------------------
     def _create_level(self, level: int, shape: tuple[int, ...]) -> zarr.Array:
+        self._arrays.pop(level, None)
         info = self._info
         chunks = tuple(min(c, s) for c, s in zip(info["chunks"], shape[-3:], strict=True))
         lead = tuple(1 for _ in shape[:-3])
@@ -693,28 +698,43 @@ class MultiScaleGroup:
         return f"MultiScaleGroup({str(self.path)!r}, version={self.version}, levels={shapes})"
 
 
-class _CopyTask:
+class _StoreTask:
+    """Base of picklable store tasks: opens the group once per process, lazily."""
+
+    path: str
+    _group: MultiScaleGroup | None = None
+
+    def group(self) -> MultiScaleGroup:
+        if self._group is None:
+            self._group = MultiScaleGroup.open(self.path, mode="r+")
+        return self._group
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_group"}
+
+
+class _CopyTask(_StoreTask):
     """Picklable task: copy one level-0 block from an array into the store."""
 
     def __init__(self, path: str, data: Any) -> None:
         self.path, self.data = path, data
 
     def __call__(self, block: Block) -> None:
-        group = MultiScaleGroup.open(self.path, mode="r+")
+        group = self.group()
         region = group.block_region(block, 0)
         lead = (slice(None),) * (self.data.ndim - 3)
         group.write_block(region, np.asarray(self.data[(*lead, *region)]), 0)
         group.mark_done(block, 0)
 
 
-class _DownsampleTask:
+class _DownsampleTask(_StoreTask):
     """Picklable task: compute one block of ``level`` from ``level - 1``."""
 
     def __init__(self, path: str, level: int, factors: tuple[int, ...], method: str) -> None:
         self.path, self.level, self.factors, self.method = path, level, factors, method
 
     def __call__(self, block: Block) -> None:
-        group = MultiScaleGroup.open(self.path, mode="r+")
+        group = self.group()
         region = group.block_region(block, self.level)
         src_region = tuple(
             slice(r.start * f, r.stop * f) for r, f in zip(region, self.factors, strict=True)
