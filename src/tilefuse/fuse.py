@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from scipy import ndimage
 
 from tilefuse.blend import BLEND_MODES, ramp
 from tilefuse.errors import EmptyTilesetError, IncompatibleTilesError, OutputExistsError, StoreError
@@ -332,6 +331,8 @@ class FusionPlan:
         lo = np.floor(t[:, mask].min(axis=1)).astype(int)
         hi = np.minimum(np.floor(t[:, mask].max(axis=1)).astype(int) + 2, n)
         data = tile.source.read(tuple(slice(a, b) for a, b in zip(lo, hi, strict=True)))  # type: ignore[arg-type]
+        from scipy import ndimage  # only the general-affine path needs it (slow to import)
+
         coords = t - lo.reshape(3, 1, 1, 1)
         out = np.zeros((data.shape[0], *mask.shape), dtype=self._acc)
         for ch in range(data.shape[0]):
