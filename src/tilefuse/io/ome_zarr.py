@@ -728,19 +728,37 @@ class _CopyTask(_StoreTask):
 
 
 class _DownsampleTask(_StoreTask):
-    """Picklable task: compute one block of ``level`` from ``level - 1``."""
+    """Picklable task: compute one block (shard) of ``level`` from ``level - 1``.
+
+    The shard is filled chunk by chunk, each from just its source region, so a
+    task holds one output shard plus one source region of a chunk, never the
+    eight source shards at once.
+    """
 
     def __init__(self, path: str, level: int, factors: tuple[int, ...], method: str) -> None:
         self.path, self.level, self.factors, self.method = path, level, factors, method
 
     def __call__(self, block: Block) -> None:
         group = self.group()
+        arr = group[self.level]
         region = group.block_region(block, self.level)
-        src_region = tuple(
-            slice(r.start * f, r.stop * f) for r, f in zip(region, self.factors, strict=True)
-        )
-        data = group.read(src_region, level=self.level - 1)
-        group.write_block(region, downsample(data, self.factors, self.method), self.level)  # type: ignore[arg-type]
+        out = np.empty(_region_shape(arr.shape, region), dtype=arr.dtype)
+        step = arr.chunks[-3:]
+        starts = [range(r.start, r.stop, c) for r, c in zip(region, step, strict=True)]
+        for z0, y0, x0 in itertools.product(*starts):
+            sub = [
+                slice(a, min(a + c, r.stop))
+                for a, c, r in zip((z0, y0, x0), step, region, strict=True)
+            ]
+            src = tuple(
+                slice(r.start * f, r.stop * f) for r, f in zip(sub, self.factors, strict=True)
+            )
+            data = group.read(src, level=self.level - 1)
+            rel = tuple(
+                slice(r.start - o.start, r.stop - o.start) for r, o in zip(sub, region, strict=True)
+            )
+            out[(..., *rel)] = downsample(data, self.factors, self.method)  # type: ignore[arg-type]
+        group.write_block(region, out, self.level)
 
 
 def _region_shape(shape: Sequence[int], region: Sequence[slice]) -> tuple[int, ...]:
