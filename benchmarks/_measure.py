@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -22,6 +23,9 @@ log = logging.getLogger("bench")
 
 ROOT = Path(__file__).resolve().parents[1]
 PEERS_PYTHON = Path("/work/peers-venv/bin/python")
+#: optional: the project's environment plus zarrs (see docs/backends.md)
+ZARRS_PYTHON = Path("/work/backend-venv/bin/python")
+ZARRS_ENV = {"ZARR_CODEC_PIPELINE__PATH": "zarrs.ZarrsCodecPipeline"}
 
 
 def tree_rss(proc: psutil.Process) -> int:
@@ -32,12 +36,13 @@ def tree_rss(proc: psutil.Process) -> int:
     return total
 
 
-def run_measured(cmd: list[str], timeout: float = 3600) -> dict:
+def run_measured(cmd: list[str], timeout: float = 3600, env: dict | None = None) -> dict:
     """Run ``cmd``; return its last JSON stdout line plus ``wall_s`` and ``peak_rss_mb``."""
     log.info("running: %s", " ".join(map(str, cmd)))
     t0 = time.perf_counter()
+    full_env = None if env is None else {**os.environ, **env}
     proc = subprocess.Popen(
-        list(map(str, cmd)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        list(map(str, cmd)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env
     )
     ps = psutil.Process(proc.pid)
     peak = 0

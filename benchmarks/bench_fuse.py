@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 import zarr
-from _measure import ROOT, peers_python, run_measured
+from _measure import ROOT, ZARRS_ENV, ZARRS_PYTHON, peers_python, run_measured
 
 from tilefuse.synthetic import cut_tiles, make_volume
 
@@ -99,6 +99,24 @@ def main() -> None:
             [py, HERE / "tf_fuse.py", "--chunks", 32, 128, 128, "--shards", 64, 512, 512],
         ),
     ]
+    if ZARRS_PYTHON.exists():
+        runs.append(
+            (
+                "tilefuse + zarrs codec pipeline (sharded, as above)",
+                [
+                    ZARRS_PYTHON,
+                    HERE / "tf_fuse.py",
+                    "--chunks",
+                    32,
+                    128,
+                    128,
+                    "--shards",
+                    64,
+                    512,
+                    512,
+                ],
+            )
+        )
     if not args.skip_peer:
         runs.append(
             (
@@ -106,15 +124,16 @@ def main() -> None:
                 [peers_python(), HERE / "peers" / "mvs_fuse.py", "--chunks", 64, 256, 256],
             )
         )
-    for label, cmd in runs:
-        out = wd / (label.split()[0] + ("-sharded" if "sharded" in label else "") + ".zarr")
+    for k, (label, cmd) in enumerate(runs):
+        out = wd / f"run{k}.zarr"
+        env = ZARRS_ENV if "zarrs" in label else None
         if out.exists():
             shutil.rmtree(out)
         reps = []
         for _ in range(args.repeats):
             if out.exists():
                 shutil.rmtree(out)
-            reps.append(run_measured([*cmd, "--tiles", tiles_dir, "--out", out]))
+            reps.append(run_measured([*cmd, "--tiles", tiles_dir, "--out", out], env=env))
         r = min(reps, key=lambda x: x["seconds"])
         r["seconds_all"] = [x["seconds"] for x in reps]
         r["peak_rss_mb"] = max(x["peak_rss_mb"] for x in reps)

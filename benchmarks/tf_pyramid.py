@@ -3,7 +3,7 @@
     python tf_pyramid.py --input ARRAY.npy --out OUT.ome.zarr --levels 3 --chunks CZ CY CX
         [--shards SZ SY SX] [--factors FZ FY FX] [--compression default|fast|archive]
 
-Writes the memory-mapped (z, y, x) array as level 0 of a `MultiScaleGroup`
+Writes the (z, y, x) .npy array (read region by region, see `NpyRegions`) as level 0 of a `MultiScaleGroup`
 block by block (each block one shard), then the downsampled levels (mean),
 each computed block-wise from the level above. Prints one JSON line.
 """
@@ -21,6 +21,27 @@ import tilefuse
 from tilefuse import MultiScaleGroup
 
 
+class NpyRegions:
+    """A .npy file read region by region through a short-lived memmap.
+
+    The same practice as tilefuse's TIFF reader: mapped pages are released
+    after each read, so resident memory does not grow to the input size.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        mm = np.load(path, mmap_mode="r")
+        self.shape, self.dtype, self.ndim = mm.shape, mm.dtype, mm.ndim
+        del mm
+
+    def __getitem__(self, index):
+        mm = np.load(self.path, mmap_mode="r")
+        try:
+            return np.array(mm[index])
+        finally:
+            del mm
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--input", required=True, type=Path)
@@ -34,7 +55,7 @@ def main() -> None:
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     t0 = time.perf_counter()
-    data = np.load(args.input, mmap_mode="r")
+    data = NpyRegions(args.input)
     g = MultiScaleGroup.create(
         args.out,
         shape=data.shape,

@@ -181,7 +181,7 @@ class FusionPlan:
         acc = np.zeros((c, *shape), dtype=self._acc)
         wsum = np.zeros(shape, dtype=self._acc)
         for sub, data, mask, w in parts:
-            w = self._weight(w, data.shape[1:])
+            w = self._weight(w)
             if mask is not None:
                 w = w * mask
             acc[(slice(None), *sub)] += data * w
@@ -189,7 +189,7 @@ class FusionPlan:
         np.divide(acc, wsum, out=acc, where=wsum > 0)
         return self._cast(acc)
 
-    def _weight(self, w: Any, shape: tuple[int, ...], cell: Region | None = None) -> NDArray[Any]:
+    def _weight(self, w: Any, cell: Region | None = None) -> NDArray[Any]:
         """A contribution's weight (on ``cell``, relative to its sub-region), broadcastable."""
         if self.blend == "mean" or w is None:
             return np.ones((1, 1, 1), dtype=self._acc)
@@ -236,7 +236,7 @@ class FusionPlan:
                     acc = np.zeros(target.shape, dtype=self._acc)
                     wsum = np.zeros((1, 1, 1), dtype=self._acc)
                     for (_, data, _, w), r in zip(cover, rel, strict=True):
-                        wr = self._weight(w, data.shape[1:], r)
+                        wr = self._weight(w, r)
                         acc += data[(slice(None), *r)] * wr
                         wsum = wsum + wr
                     target[...] = self._cast(acc / wsum)
