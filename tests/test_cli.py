@@ -63,6 +63,11 @@ def test_stitch_and_rerun(demo, tmp_path, capsys):
     assert main(args) == 2
     assert main([*args, "--overwrite", "--blend", "max", "--version", "0.4"]) == 0
     assert MultiScaleGroup.open(out).version == "0.4"
+    assert main([*args, "--overwrite", "--compression", "fast"]) == 0
+    meta = json.loads((out / "0" / "zarr.json").read_text())
+    inner = meta["codecs"][0]["configuration"]["codecs"]
+    assert inner[-1]["configuration"]["cname"] == "lz4"
+    np.testing.assert_array_equal(MultiScaleGroup.open(out).read(), demo.volume)
 
 
 def test_errors_exit_2(tmp_path, caplog):

@@ -77,6 +77,7 @@ def cmd_stitch(args: argparse.Namespace) -> int:
         chunks=tuple(args.chunks) if args.chunks else None,
         shards=tuple(args.shards) if args.shards else (args.version == "0.5"),
         version=args.version,
+        compression=args.compression,
         workers=args.workers,
         progress=not args.no_progress,
         overwrite=args.overwrite,
@@ -175,6 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="0.5",
         choices=["0.5", "0.4"],
         help="OME-NGFF version (0.5: zarr v3 sharded; 0.4: zarr v2)",
+    )
+    sp.add_argument(
+        "--compression",
+        default="default",
+        choices=["default", "fast", "archive", "none"],
+        help="output codec: blosc-zstd1 (default), blosc-lz4 (fast), blosc-zstd5 (archive)",
     )
     sp.add_argument("--workers", type=int, default=None, help="threads (default: all CPUs)")
     sp.add_argument("--overwrite", action="store_true", help="replace an existing output")
