@@ -6,6 +6,7 @@ from tilefuse._version import __version__
 from tilefuse.errors import (
     EmptyTilesetError,
     IncompatibleTilesError,
+    LabelError,
     MissingTileError,
     OutputExistsError,
     StoreError,
@@ -14,6 +15,7 @@ from tilefuse.errors import (
     UnsupportedFormatError,
 )
 from tilefuse.io.ome_zarr import MultiScaleGroup
+from tilefuse.labels import LabelMapping, dedup_labels
 from tilefuse.pyramid import downsample
 from tilefuse.source import ArraySource, PixelSource
 from tilefuse.tile import Tile
@@ -23,6 +25,8 @@ __all__ = [
     "ArraySource",
     "EmptyTilesetError",
     "IncompatibleTilesError",
+    "LabelError",
+    "LabelMapping",
     "MissingTileError",
     "MultiScaleGroup",
     "OutputExistsError",
@@ -35,5 +39,6 @@ __all__ = [
     "Tileset",
     "UnsupportedFormatError",
     "__version__",
+    "dedup_labels",
     "downsample",
 ]

@@ -1,8 +1,9 @@
 """Blend weights: how overlapping tiles share an output voxel.
 
-``overwrite`` (last or first tile wins), ``max``, ``mean`` and ``linear``
+``overwrite`` (last or first tile wins), ``max``, ``mean``, ``linear``
 (feathered: each tile's weight ramps from its border inwards over
-``width`` micrometres, separable over z, y, x).
+``width`` micrometres, separable over z, y, x) and ``centre`` (each voxel
+from the covering tile whose centre is nearest: a Voronoi cut, label-safe).
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ if TYPE_CHECKING:
 
 __all__ = ["BLEND_MODES", "ramp"]
 
-BlendMode = Literal["overwrite", "max", "mean", "linear"]
-BLEND_MODES: tuple[str, ...] = ("overwrite", "max", "mean", "linear")
+BlendMode = Literal["overwrite", "max", "mean", "linear", "centre"]
+BLEND_MODES: tuple[str, ...] = ("overwrite", "max", "mean", "linear", "centre")
+
+#: modes that never mix values, so they are safe for label images
+LABEL_SAFE: tuple[str, ...] = ("overwrite", "centre")
 
 #: Smallest weight a covered voxel gets, so an edge voxel covered by one tile keeps its value.
 MIN_WEIGHT = 1e-4

@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = [
     "EmptyTilesetError",
     "IncompatibleTilesError",
+    "LabelError",
     "MissingTileError",
     "OutputExistsError",
     "StoreError",
@@ -40,6 +41,10 @@ class EmptyTilesetError(TilefuseError, ValueError):
 
 class IncompatibleTilesError(TilefuseError, ValueError):
     """Tiles of one tileset disagree (dimensionality, channels, dtype, ...)."""
+
+
+class LabelError(TilefuseError, ValueError):
+    """Label images or a label mapping are invalid (float dtype, negative ids, wrong tileset)."""
 
 
 class OutputExistsError(TilefuseError, FileExistsError):

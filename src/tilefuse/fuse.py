@@ -163,6 +163,8 @@ class FusionPlan:
                 for sub, data, mask, _ in self._samples(self.tiles[i], region):
                     _put(out, sub, self._cast(data), mask)
             return out
+        if self.blend == "centre":
+            return self._nearest_centre(idx, region)
         if self.blend == "max":
             out = np.zeros((c, *shape), dtype=self._acc)
             covered = np.zeros(shape, dtype=bool)
@@ -188,6 +190,29 @@ class FusionPlan:
             wsum[sub] += w
         np.divide(acc, wsum, out=acc, where=wsum > 0)
         return self._cast(acc)
+
+    def _nearest_centre(self, idx: NDArray[np.intp], region: Region) -> NDArray[Any]:
+        """Each voxel from the covering tile whose box centre is nearest (ties: first tile)."""
+        shape = tuple(r.stop - r.start for r in region)
+        out = np.zeros((self.n_channels, *shape), dtype=self.dtype)
+        best = np.full(shape, np.inf)
+        origin, vs = np.asarray(self.grid.origin), np.asarray(self.grid.voxel_size)
+        for i in idx:
+            centre = (self._lo[i] + self._hi[i]) / 2
+            for sub, data, mask, _ in self._samples(self.tiles[i], region):
+                d = np.zeros((1, 1, 1))
+                for ax in range(3):
+                    j = np.arange(sub[ax].start, sub[ax].stop) + region[ax].start
+                    sh = [1, 1, 1]
+                    sh[ax] = j.size
+                    d = d + ((origin[ax] + (j + 0.5) * vs[ax] - centre[ax]) ** 2).reshape(sh)
+                closer = d < best[sub]
+                if mask is not None:
+                    closer &= mask
+                best[sub] = np.where(closer, d, best[sub])
+                view = out[(slice(None), *sub)]
+                view[...] = np.where(closer, self._cast(data), view)
+        return out
 
     def _weight(self, w: Any, cell: Region | None = None) -> NDArray[Any]:
         """A contribution's weight (on ``cell``, relative to its sub-region), broadcastable."""
@@ -425,6 +450,7 @@ def fuse_tiles(
     client: Any = None,
     progress: bool = False,
     overwrite: bool = False,
+    kind: Literal["image", "label"] = "image",
 ) -> NDArray[Any] | MultiScaleGroup:
     """Run a fusion plan into memory or into an OME-Zarr store.
 
@@ -447,11 +473,33 @@ def fuse_tiles(
         compression=compression,
         name=name,
         channel_names=channel_names,
+        kind=kind,
     )
+    return fuse_into(plan, group, levels=levels, workers=workers, client=client, progress=progress)
+
+
+def fuse_into(
+    plan: FusionPlan,
+    group: MultiScaleGroup,
+    *,
+    levels: int = 1,
+    workers: int | None = None,
+    client: Any = None,
+    progress: bool = False,
+) -> MultiScaleGroup:
+    """Render every level-0 block of an existing group not yet done, build its pyramid, finish it.
+
+    The group's level-0 grid must be the plan's output grid.
+    """
+    if tuple(group[0].shape[-3:]) != plan.grid.shape:
+        msg = f"{group.path}: level 0 is {group[0].shape}, the fusion grid is {plan.grid.shape}"
+        raise ValueError(msg)
     todo = [b for b in group.blocks(0) if b not in group.done_blocks(0)]
     if len(todo) < len(group.blocks(0)):
-        logger.info("resuming %s: %d of %d blocks left", path, len(todo), len(group.blocks(0)))
-    task = _BlockToStore(plan, str(path))
+        logger.info(
+            "resuming %s: %d of %d blocks left", group.path, len(todo), len(group.blocks(0))
+        )
+    task = _BlockToStore(plan, str(group.path))
     for _ in imap_unordered(
         task, todo, workers=workers, client=client, progress=progress, desc="fuse"
     ):

@@ -16,6 +16,8 @@ from tilefuse.errors import (
     EmptyTilesetError,
     IncompatibleTilesError,
     MissingTileError,
+    OutputExistsError,
+    StoreError,
     UnsupportedFormatError,
 )
 from tilefuse.geometry import (
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
     from numpy.typing import ArrayLike, NDArray
 
     from tilefuse.io.ome_zarr import MultiScaleGroup
+    from tilefuse.labels import LabelMapping
 
 __all__ = ["Overlap", "Tileset"]
 
@@ -423,7 +426,7 @@ class Tileset(Sequence[Tile]):
         self,
         output: str | os.PathLike[str] | None = None,
         *,
-        blend: Literal["overwrite", "max", "mean", "linear"] = "linear",
+        blend: Literal["overwrite", "max", "mean", "linear", "centre"] = "linear",
         blend_width: float | ArrayLike | None = None,
         priority: Literal["last", "first"] = "last",
         voxel_size: ArrayLike | None = None,
@@ -511,6 +514,140 @@ class Tileset(Sequence[Tile]):
             progress=progress,
             overwrite=overwrite,
         )
+
+    # -- labels -------------------------------------------------------------------------
+    def dedup_labels(self, **rules: Any) -> LabelMapping:
+        """Give every object spanning several label tiles one global ID.
+
+        See `tilefuse.labels.dedup_labels` for the rules (``min_overlap_voxels``,
+        ``min_overlap_fraction``, ``mutual_best``) and the returned mapping.
+        """
+        from tilefuse.labels import dedup_labels
+
+        return dedup_labels(self, **rules)
+
+    def fuse_labels(
+        self,
+        output: str | os.PathLike[str] | None = None,
+        *,
+        mapping: LabelMapping | None = None,
+        name: str = "labels",
+        rule: Literal["centre", "overwrite"] = "centre",
+        levels: int | None = None,
+        chunks: Sequence[int] | None = None,
+        shards: Sequence[int] | bool | None = True,
+        version: Literal["0.4", "0.5"] = "0.5",
+        workers: int | None = None,
+        client: Any = None,
+        progress: bool = False,
+        overwrite: bool = False,
+    ) -> NDArray[Any] | MultiScaleGroup:
+        """Fuse label tiles without blending (each voxel keeps one tile's label).
+
+        Parameters
+        ----------
+        output : str or PathLike, optional
+            An existing OME-Zarr image written by `fuse` (the labels go to its
+            ``labels/<name>`` group, on the image's grid, with as many levels
+            as the image), or a new path (a standalone multiscale label image),
+            or None for an in-memory array.
+        mapping : LabelMapping, optional
+            Apply this mapping (from `dedup_labels`) lazily while reading.
+        name : str
+            Label image name inside ``labels/``.
+        rule : {"centre", "overwrite"}
+            ``centre``: each voxel from the covering tile whose centre is
+            nearest (a Voronoi cut through overlaps); ``overwrite``: the last tile.
+        levels : int, optional
+            Pyramid levels (mode downsampling; background never wins a tie).
+            Defaults to the image's level count, or 1 for a new store.
+        chunks, shards, version, workers, client, progress, overwrite
+            As for `fuse`.
+
+        Returns
+        -------
+        ndarray or MultiScaleGroup
+        """
+        from tilefuse.blend import LABEL_SAFE
+        from tilefuse.fuse import FusionPlan, OutputGrid, fuse_into, fuse_tiles
+        from tilefuse.io.ome_zarr import MultiScaleGroup
+        from tilefuse.labels import check_label_dtype
+
+        if rule not in LABEL_SAFE:
+            msg = f"labels must be fused with one of {LABEL_SAFE}, not {rule!r}"
+            raise ValueError(msg)
+        check_label_dtype(self.dtype, "fuse_labels")
+        ts = mapping.apply(self) if mapping is not None else self
+        image = None
+        if output is not None and Path(output).exists():
+            try:
+                image = MultiScaleGroup.open(output, mode="r+")
+            except StoreError:
+                image = None
+        if image is None or image.kind != "image":
+            plan = FusionPlan(ts.tiles, OutputGrid.covering(ts.tiles, ts.voxel_size), blend=rule)
+            return fuse_tiles(
+                plan,
+                output,
+                levels=levels or 1,
+                chunks=chunks,
+                shards=shards,
+                version=version,
+                workers=workers,
+                client=client,
+                progress=progress,
+                overwrite=overwrite,
+                name=name,
+                kind="label",
+            )
+        grid = OutputGrid(
+            tuple(float(v) for v in image.origin),  # type: ignore[arg-type]
+            tuple(float(v) for v in image.voxel_size),  # type: ignore[arg-type]
+            tuple(int(v) for v in image[0].shape[-3:]),  # type: ignore[arg-type]
+        )
+        plan = FusionPlan(ts.tiles, grid, blend=rule)
+        lpath = Path(output) / "labels" / name  # type: ignore[arg-type]
+        group = None
+        if lpath.exists() and not overwrite:
+            group = MultiScaleGroup.open(lpath, mode="r+")
+            if group.is_complete or group.get_attribute("fingerprint") != plan.fingerprint():
+                msg = f"labels exist: {lpath} (pass overwrite=True to replace them)"
+                raise OutputExistsError(msg)
+        if group is None:
+            group = image.create_labels(name, dtype=ts.dtype, overwrite=overwrite)
+            group.set_attribute("fingerprint", plan.fingerprint())
+        return fuse_into(
+            plan,
+            group,
+            levels=levels or image.n_levels,
+            workers=workers,
+            client=client,
+            progress=progress,
+        )
+
+    def local_to_global(self, points: ArrayLike) -> NDArray[np.float64]:
+        """World positions (z, y, x) in micrometres of tile-local voxel points.
+
+        Parameters
+        ----------
+        points : array_like of shape (n, 4)
+            Rows ``(tile_index, z, y, x)`` in the tile's voxel indices (may be
+            fractional, e.g. centroids).
+
+        Returns
+        -------
+        ndarray of shape (n, 3)
+        """
+        p = np.atleast_2d(np.asarray(points, dtype=float))
+        if p.shape[1] != 4:
+            msg = f"points must be rows (tile, z, y, x); got shape {p.shape}"
+            raise ValueError(msg)
+        idx = p[:, 0].astype(int)
+        if np.any(idx < 0) or np.any(idx >= len(self)) or np.any(idx != p[:, 0]):
+            msg = f"tile indices must be integers in [0, {len(self)}); got {np.unique(p[:, 0])}"
+            raise ValueError(msg)
+        aff = self._placement["affine"][idx]
+        return np.einsum("nij,nj->ni", aff[:, :3, :3], p[:, 1:]) + aff[:, :3, 3]
 
     def summary(self) -> dict[str, Any]:
         """A plain-dict description (used by ``tilefuse info``)."""

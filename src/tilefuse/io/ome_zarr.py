@@ -681,7 +681,9 @@ class MultiScaleGroup:
             if omero:
                 extra["omero"] = omero
         else:
-            label: dict[str, Any] = {"source": {"image": "../../"}}
+            # a label image inside an image's labels/ group points back at it
+            inside = self.path.parent.name == "labels"
+            label: dict[str, Any] = {"source": {"image": "../../"}} if inside else {}
             if self.zarr_format == 2:
                 label["version"] = "0.4"
             extra["image-label"] = label

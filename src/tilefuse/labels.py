@@ -1,0 +1,348 @@
+"""Globally consistent labels: union-find deduplication of per-tile label IDs across overlaps.
+
+Each tile of a label tileset numbers its objects independently. `dedup_labels`
+finds, in every overlap region, the pairs of labels that share voxels, keeps
+the links that pass the rules, joins linked (tile, label) nodes with
+union-find (connected components), and numbers the resulting objects 1..N.
+Chains through any number of tiles and 4-tile corners merge, because every
+overlapping pair of tiles contributes links, diagonal neighbours included.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from scipy import sparse
+from scipy.sparse.csgraph import connected_components
+from tqdm.auto import tqdm
+
+from tilefuse.errors import LabelError
+
+if TYPE_CHECKING:
+    import os
+
+    from numpy.typing import NDArray
+
+    from tilefuse.source import Region
+    from tilefuse.tile import Tile
+    from tilefuse.tileset import Tileset
+
+__all__ = ["LabelMapping", "MappedSource", "check_label_dtype", "dedup_labels"]
+
+logger = logging.getLogger(__name__)
+
+#: z-planes read at a time when scanning a whole label tile
+_SLAB = 16
+
+
+def check_label_dtype(dtype: Any, what: str) -> None:
+    """Raise `LabelError` unless ``dtype`` is an integer type."""
+    dt = np.dtype(dtype)
+    if not np.issubdtype(dt, np.integer):
+        msg = f"{what}: label images must have an integer dtype, got {dt}"
+        raise LabelError(msg)
+
+
+def _global_dtype(n: int) -> np.dtype[Any]:
+    return np.dtype(np.uint32) if n < np.iinfo(np.uint32).max else np.dtype(np.uint64)
+
+
+@dataclass
+class LabelMapping:
+    """Per-tile lookup tables from local label IDs to global object IDs.
+
+    Attributes
+    ----------
+    luts : list of ndarray
+        ``luts[t][local]`` is the global ID of tile ``t``'s label ``local``
+        (0 stays 0; IDs absent from the tile map to 0).
+    n_objects : int
+        Number of global objects; IDs are ``1 .. n_objects``.
+    merges : ndarray of shape (m, 5)
+        The kept links: ``(tile_a, label_a, tile_b, label_b, shared_voxels)``.
+    tiles : list of dict
+        Name and shape of each tile, to check the mapping is applied to the
+        tileset it was computed on.
+    rules : dict
+        The linking rules used.
+    """
+
+    luts: list[NDArray[Any]]
+    n_objects: int
+    merges: NDArray[np.int64]
+    tiles: list[dict[str, Any]]
+    rules: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        """Global label dtype: uint32, or uint64 when the count needs it."""
+        return _global_dtype(self.n_objects)
+
+    def lookup(self, tile: int, labels: NDArray[Any]) -> NDArray[Any]:
+        """Map local labels of tile ``tile`` to global IDs."""
+        lut = self.luts[tile]
+        if labels.size and int(labels.max(initial=0)) >= len(lut):
+            msg = (
+                f"tile {tile} has label {int(labels.max())} but the mapping knows labels up to "
+                f"{len(lut) - 1}: was it computed on this tileset?"
+            )
+            raise LabelError(msg)
+        return lut[labels]
+
+    def check(self, tileset: Tileset) -> None:
+        """Raise `LabelError` unless ``tileset`` is the one this mapping was computed on."""
+        got = [{"name": t.name, "shape": list(t.shape)} for t in tileset]
+        if got != self.tiles:
+            msg = (
+                f"this label mapping was computed on {len(self.tiles)} tiles "
+                f"({[t['name'] for t in self.tiles][:3]}...), not on this tileset of "
+                f"{len(got)} tiles ({[t['name'] for t in got][:3]}...)"
+            )
+            raise LabelError(msg)
+
+    def apply(self, tileset: Tileset) -> Tileset:
+        """A tileset whose tiles read global IDs (the mapping is applied lazily on read)."""
+        import dataclasses
+
+        from tilefuse.tileset import Tileset
+
+        self.check(tileset)
+        tiles = [
+            dataclasses.replace(t, source=MappedSource(t.source, self.luts[i], self.dtype))
+            for i, t in enumerate(tileset)
+        ]
+        return Tileset(tiles, tileset.voxel_size)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Save to a ``.npz`` file (LUTs, merges and JSON metadata)."""
+        path = Path(path)
+        meta = {"n_objects": self.n_objects, "tiles": self.tiles, "rules": self.rules}
+        arrays = {f"lut_{i}": lut for i, lut in enumerate(self.luts)}
+        np.savez_compressed(path, merges=self.merges, meta=json.dumps(meta), **arrays)
+        return path if path.suffix == ".npz" else path.with_suffix(path.suffix + ".npz")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> LabelMapping:
+        """Load a mapping written by `save`."""
+        with np.load(path) as f:
+            meta = json.loads(str(f["meta"]))
+            luts = [f[f"lut_{i}"] for i in range(len(meta["tiles"]))]
+            merges = f["merges"]
+        return cls(luts, int(meta["n_objects"]), merges, meta["tiles"], meta["rules"])
+
+
+class MappedSource:
+    """A label source read through a lookup table (local -> global IDs), lazily."""
+
+    def __init__(self, source: Any, lut: NDArray[Any], dtype: Any) -> None:
+        self.source, self.lut, self._dtype = source, np.asarray(lut, dtype=dtype), np.dtype(dtype)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """Shape ``(c, z, y, x)``."""
+        return self.source.shape  # type: ignore[no-any-return]
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        """Global label dtype."""
+        return self._dtype
+
+    def read(self, region: Region) -> NDArray[Any]:
+        """Read a region and map it to global IDs."""
+        data = self.source.read(region)
+        if data.size and int(data.max()) >= len(self.lut):
+            msg = f"label {int(data.max())} is beyond the mapping's table ({len(self.lut) - 1})"
+            raise LabelError(msg)
+        return self.lut[data]
+
+
+# -- scanning ------------------------------------------------------------------------------
+def _tile_labels(tile: Tile) -> NDArray[Any]:
+    """Sorted unique nonzero labels of a tile, read slab by slab; checks the values."""
+    check_label_dtype(tile.dtype, f"tile {tile.name!r}")
+    present: list[NDArray[Any]] = []
+    nz = tile.shape[0]
+    for z0 in range(0, nz, _SLAB):
+        data = tile.source.read(
+            (slice(z0, min(z0 + _SLAB, nz)), slice(0, tile.shape[1]), slice(0, tile.shape[2]))
+        )
+        u = np.unique(data)
+        if u.size and u[0] < 0:
+            msg = f"tile {tile.name!r} has negative label {int(u[0])}; labels must be >= 0"
+            raise LabelError(msg)
+        present.append(u[u > 0])
+    return np.unique(np.concatenate(present)) if present else np.empty(0, dtype=np.int64)
+
+
+def _overlap_pair_regions(
+    ti: Tile, tj: Tile, slices_i: tuple[slice, ...]
+) -> tuple[Region, Region] | None:
+    """Voxel regions of tiles i and j that sample the same world voxels (nearest voxel)."""
+    if not (ti.is_translation and tj.is_translation) or not np.allclose(
+        ti.voxel_size, tj.voxel_size
+    ):
+        msg = (
+            f"label deduplication needs axis-aligned tiles of one voxel size; tiles "
+            f"{ti.name!r} and {tj.name!r} are not"
+        )
+        raise LabelError(msg)
+    shift = np.rint((ti.offset - tj.offset) / ti.voxel_size).astype(
+        int
+    )  # j index = i index + shift
+    ri, rj = [], []
+    for ax, s in enumerate(slices_i):
+        a = max(s.start, -shift[ax])
+        b = min(s.stop, tj.shape[ax] - shift[ax])
+        if b <= a:
+            return None
+        ri.append(slice(a, b))
+        rj.append(slice(a + shift[ax], b + shift[ax]))
+    return (ri[0], ri[1], ri[2]), (rj[0], rj[1], rj[2])
+
+
+def _pair_links(
+    a: NDArray[Any], b: NDArray[Any], *, min_voxels: int, min_fraction: float, mutual: bool
+) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
+    """Links ``(label_a, label_b, shared)`` between two co-registered label arrays."""
+    a = a.ravel().astype(np.int64, copy=False)
+    b = b.ravel().astype(np.int64, copy=False)
+    both = (a > 0) & (b > 0)
+    if not both.any():
+        e = np.empty(0, np.int64)
+        return e, e, e
+    la, na = np.unique(a[a > 0], return_counts=True)
+    lb, nb = np.unique(b[b > 0], return_counts=True)
+    pairs, shared = np.unique(np.stack([a[both], b[both]], axis=1), axis=0, return_counts=True)
+    pa, pb = pairs[:, 0], pairs[:, 1]
+    # sizes of each object inside the shared region (both tiles observed it)
+    sa = na[np.searchsorted(la, pa)]
+    sb = nb[np.searchsorted(lb, pb)]
+    keep = (shared >= min_voxels) & (shared >= min_fraction * np.minimum(sa, sb))
+    if mutual:
+        # a's best partner is b and b's best partner is a (by shared voxels)
+        order = np.lexsort((-shared, pa))
+        best_a = np.zeros(len(pa), bool)
+        first = np.r_[True, pa[order][1:] != pa[order][:-1]]
+        best_a[order[first]] = True
+        order = np.lexsort((-shared, pb))
+        best_b = np.zeros(len(pb), bool)
+        first = np.r_[True, pb[order][1:] != pb[order][:-1]]
+        best_b[order[first]] = True
+        keep &= best_a & best_b
+    return pa[keep], pb[keep], shared[keep]
+
+
+def dedup_labels(
+    tileset: Tileset,
+    *,
+    min_overlap_voxels: int = 1,
+    min_overlap_fraction: float = 0.5,
+    mutual_best: bool = True,
+    progress: bool = False,
+) -> LabelMapping:
+    """Give every object that spans several tiles one global ID.
+
+    Parameters
+    ----------
+    tileset : Tileset
+        Axis-aligned tiles of per-tile label images (integers, 0 = background),
+        each numbered independently.
+    min_overlap_voxels : int
+        A pair of labels from two overlapping tiles is linked only if they
+        share at least this many voxels in the overlap region.
+    min_overlap_fraction : float
+        ... and the shared voxels are at least this fraction of the smaller of
+        the two objects *within the overlap region* (so a large object is not
+        penalised for its part outside the overlap).
+    mutual_best : bool
+        ... and each is the other's best partner (most shared voxels).
+        Two distinct objects that merely touch in the overlap are therefore
+        not merged.
+    progress : bool
+        Show progress bars.
+
+    Returns
+    -------
+    LabelMapping
+        Per-tile lookup tables (global IDs contiguous from 1; uint32, or
+        uint64 when the count needs it), the object count and the kept links.
+
+    Raises
+    ------
+    LabelError
+        If a tile has a non-integer dtype or negative labels, or tiles are
+        rotated or of different voxel sizes.
+    """
+    tiles = list(tileset)
+    present = [
+        _tile_labels(t) for t in tqdm(tiles, desc="scan labels", disable=not progress, leave=False)
+    ]
+    offsets = np.concatenate([[0], np.cumsum([len(p) for p in present])]).astype(np.int64)
+    n_nodes = int(offsets[-1])
+    edges_a: list[NDArray[np.int64]] = []
+    edges_b: list[NDArray[np.int64]] = []
+    merges: list[NDArray[np.int64]] = []
+    overlaps = tileset.overlaps()
+    for o in tqdm(overlaps, desc="link overlaps", disable=not progress, leave=False):
+        ti, tj = tiles[o.i], tiles[o.j]
+        regions = _overlap_pair_regions(ti, tj, o.slices_i)
+        if regions is None:
+            continue
+        a = ti.source.read(regions[0])
+        b = tj.source.read(regions[1])
+        la, lb, shared = _pair_links(
+            a,
+            b,
+            min_voxels=min_overlap_voxels,
+            min_fraction=min_overlap_fraction,
+            mutual=mutual_best,
+        )
+        if not la.size:
+            continue
+        # node index = tile offset + rank of the label among the tile's labels
+        edges_a.append(offsets[o.i] + np.searchsorted(present[o.i], la))
+        edges_b.append(offsets[o.j] + np.searchsorted(present[o.j], lb))
+        merges.append(
+            np.stack([np.full_like(la, o.i), la, np.full_like(lb, o.j), lb, shared], axis=1)
+        )
+    if edges_a:
+        ea, eb = np.concatenate(edges_a), np.concatenate(edges_b)
+        graph = sparse.coo_matrix((np.ones(len(ea), np.int8), (ea, eb)), shape=(n_nodes, n_nodes))
+        _, comp = connected_components(graph, directed=False)
+    else:
+        comp = np.arange(n_nodes)
+    # number components in order of their first node (tile order, then label order): deterministic
+    _, first_idx, inverse = np.unique(comp, return_index=True, return_inverse=True)
+    rank = np.empty(len(first_idx), np.int64)
+    rank[np.argsort(first_idx, kind="stable")] = np.arange(len(first_idx))
+    global_id = rank[inverse] + 1
+    n_objects = len(first_idx)
+    dt = _global_dtype(n_objects)
+    luts = []
+    for t, p in enumerate(present):
+        lut = np.zeros(int(p[-1]) + 1 if p.size else 1, dtype=dt)
+        lut[p] = global_id[offsets[t] : offsets[t + 1]]
+        luts.append(lut)
+    logger.info(
+        "%d labels in %d tiles -> %d objects (%d links kept)",
+        n_nodes,
+        len(tiles),
+        n_objects,
+        sum(len(m) for m in merges),
+    )
+    return LabelMapping(
+        luts,
+        n_objects,
+        np.concatenate(merges) if merges else np.empty((0, 5), np.int64),
+        [{"name": t.name, "shape": list(t.shape)} for t in tiles],
+        {
+            "min_overlap_voxels": min_overlap_voxels,
+            "min_overlap_fraction": min_overlap_fraction,
+            "mutual_best": mutual_best,
+        },
+    )
