@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import zarr
 
-from tilefuse import LabelError, MultiScaleGroup, Tileset
+from tilefuse import LabelError, Tileset
 from tilefuse.labels import LabelMapping
 from tilefuse.synthetic import cut_tiles, make_volume
 
@@ -153,7 +153,9 @@ def test_fused_labels_into_image_store(tmp_path):
     assert same_partition(lab.read(), truth)
     ome_zarr_models = pytest.importorskip("ome_zarr_models")
     ome_zarr_models.open_ome_zarr(zarr.open_group(str(tmp_path / "s.ome.zarr"), mode="r"))
-    ome_zarr_models.open_ome_zarr(zarr.open_group(str(tmp_path / "s.ome.zarr" / "labels"), mode="r"))
+    ome_zarr_models.open_ome_zarr(
+        zarr.open_group(str(tmp_path / "s.ome.zarr" / "labels"), mode="r")
+    )
     # no new ids appear in the mode pyramid
     assert set(np.unique(lab.read(level=2))) <= set(np.unique(lab.read()))
     # a standalone label store
@@ -164,7 +166,9 @@ def test_fused_labels_into_image_store(tmp_path):
 
 def test_local_to_global():
     ts = Tileset.from_arrays(
-        [np.zeros((2, 5, 5)), np.zeros((2, 5, 5))], [(0, 0, 0), (1.0, 2.0, 3.5)], voxel_size=(2, 0.5, 0.5)
+        [np.zeros((2, 5, 5)), np.zeros((2, 5, 5))],
+        [(0, 0, 0), (1.0, 2.0, 3.5)],
+        voxel_size=(2, 0.5, 0.5),
     )
     got = ts.local_to_global([[0, 1, 2, 3], [1, 0.5, 0, 4]])
     np.testing.assert_allclose(got, [[2, 1, 1.5], [2.0, 2.0, 5.5]])

@@ -16,6 +16,7 @@ from tilefuse.errors import (
 )
 from tilefuse.io.ome_zarr import MultiScaleGroup
 from tilefuse.labels import LabelMapping, dedup_labels
+from tilefuse.merge import merge_tile_labels
 from tilefuse.pyramid import downsample
 from tilefuse.source import ArraySource, PixelSource
 from tilefuse.tile import Tile
@@ -41,4 +42,5 @@ __all__ = [
     "__version__",
     "dedup_labels",
     "downsample",
+    "merge_tile_labels",
 ]
