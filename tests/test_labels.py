@@ -102,6 +102,7 @@ def test_touching_distinct_objects_stay_distinct():
     right[:, 10:30, 38 - ox : 40 - ox] = 2
     ts = Tileset.from_arrays([left, right], m.offsets_px)
     assert ts.dedup_labels().n_objects == 2
+    assert ts.dedup_labels(mutual_best=True).n_objects == 2
     # with the rules switched off, the leak merges them: the rules are what keeps them apart
     assert ts.dedup_labels(min_overlap_fraction=0, mutual_best=False).n_objects == 1
 
@@ -174,3 +175,54 @@ def test_local_to_global():
     np.testing.assert_allclose(got, [[2, 1, 1.5], [2.0, 2.0, 5.5]])
     with pytest.raises(ValueError, match="tile indices"):
         ts.local_to_global([[2, 0, 0, 0]])
+
+
+def segment(img):
+    from scipy import ndimage
+
+    return ndimage.label(img > 30000)[0].astype(np.uint32)
+
+
+@pytest.mark.parametrize("block", [None, (4, 40, 40)])
+def test_segment_then_stitch_equals_whole_volume_segmentation(tmp_path, block):
+    img, _ = make_volume((10, 150, 170), seed=7, blob_radius=4, n_blobs=50)
+    truth = segment(img)
+    m = cut_tiles(img, (2, 3), overlap=0.3)
+    tiles = Tileset.from_arrays(m.tiles, m.offsets_px)
+    labels = tiles.map_tiles(
+        segment, store=tmp_path / "seg.zarr", block=block, halo=2, dtype=np.uint32, workers=2
+    )
+    assert [t.name for t in labels] == [t.name for t in tiles]
+    np.testing.assert_allclose(labels.offsets, tiles.offsets)
+    if block is None:
+        np.testing.assert_array_equal(labels[4].read(), segment(m.tiles[4]))
+    else:  # blocks with halos, merged across block faces: the same partition as whole tiles
+        assert same_partition(labels[4].read(), segment(m.tiles[4]))
+    mapping = labels.dedup_labels()
+    assert mapping.n_objects == truth.max()
+    assert same_partition(labels.fuse_labels(mapping=mapping), truth)
+    with pytest.raises(Exception, match="not empty"):
+        tiles.map_tiles(segment, store=tmp_path / "seg.zarr")
+
+
+def test_object_table_matches_scipy(tmp_path):
+    from scipy import ndimage
+
+    from tilefuse.objects import object_table
+
+    _, truth = make_volume((12, 90, 110), seed=8, blob_radius=5, n_blobs=30)
+    vs, org = np.array([0.5, 0.2, 0.25]), np.array([3.0, -1.0, 2.0])
+    table = object_table(truth, voxel_size=vs, origin=org, block=(5, 40, 40), workers=2)
+    ids = np.unique(truth[truth > 0])
+    np.testing.assert_array_equal(table.label, ids)
+    np.testing.assert_array_equal(table.voxels, ndimage.sum_labels(np.ones_like(truth), truth, ids))
+    com = np.array(ndimage.center_of_mass(np.ones_like(truth), truth, ids))
+    np.testing.assert_allclose(table.centroid, org + com * vs)
+    boxes = ndimage.find_objects(truth)
+    lo = np.array([[s.start for s in boxes[i - 1]] for i in ids])
+    hi = np.array([[s.stop for s in boxes[i - 1]] for i in ids])
+    np.testing.assert_allclose(table.bbox_lo, org + lo * vs)
+    np.testing.assert_allclose(table.bbox_hi, org + hi * vs)
+    path = table.to_csv(tmp_path / "objects.csv")
+    rows = path.read_text().splitlines()
+    assert rows[0].startswith("label,voxels,centroid_z_um") and len(rows) == len(ids) + 1

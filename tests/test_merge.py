@@ -30,9 +30,10 @@ def per_chunk_labels(binary, chunks):
     return out
 
 
+@pytest.mark.parametrize("threshold", [0.55, 0.5], ids=["sparse", "dense"])
 @pytest.mark.parametrize("shape", [(20, 70, 90), (1, 130, 150)])
-def test_equals_whole_volume_label_from_zarr(tmp_path, shape):
-    binary = binary_volume(shape)
+def test_equals_whole_volume_label_from_zarr(tmp_path, shape, threshold):
+    binary = binary_volume(shape, threshold=threshold)
     chunks = (8, 32, 32) if shape[0] > 1 else (1, 32, 32)
     local = per_chunk_labels(binary, chunks)
     g = zarr.open_group(str(tmp_path / "in.zarr"), mode="w")
@@ -100,3 +101,13 @@ def test_bad_input():
     neg[0, 0, 0] = -1
     with pytest.raises(LabelError, match="negative label"):
         merge_tile_labels(local_as_zarr(neg, (2, 2, 2)))
+
+
+def test_sparse_budget_exceeded_rereads(monkeypatch):
+    import tilefuse.merge as merge_mod
+
+    monkeypatch.setattr(merge_mod, "_SPARSE_BUDGET", 2000)  # only a few chunks stay in memory
+    binary = binary_volume((16, 64, 64), seed=3)
+    local = per_chunk_labels(binary, (8, 16, 16))
+    truth, _ = ndimage.label(binary)
+    assert same_partition(merge_tile_labels(local_as_zarr(local, (8, 16, 16))), truth)

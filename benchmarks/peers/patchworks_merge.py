@@ -99,6 +99,8 @@ are computed chunk by chunk after timing. Logging goes to stderr.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import json
 import logging
 import os
@@ -135,8 +137,6 @@ def _compressors(zarr_format: int) -> dict:
 
 def _chunk_slices(shape, chunks):
     grid = [range(0, s, c) for s, c in zip(shape, chunks, strict=True)]
-    import itertools
-
     for start in itertools.product(*grid):
         yield tuple(slice(a, min(a + c, s)) for a, c, s in zip(start, chunks, shape, strict=True))
 
@@ -240,7 +240,13 @@ def count_and_check(merged: zarr.Array, truth: np.ndarray | None) -> tuple[int, 
         return n_m, None
     pairs_u = np.unique(np.concatenate(pairs))
     n_t = int(np.unique(pairs_u >> 32).size)
-    log.info("check: foreground equal %s, %d truth ids, %d merged ids, %d distinct pairs", same_fg, n_t, n_m, pairs_u.size)
+    log.info(
+        "check: foreground equal %s, %d truth ids, %d merged ids, %d distinct pairs",
+        same_fg,
+        n_t,
+        n_m,
+        pairs_u.size,
+    )
     return n_m, bool(same_fg and pairs_u.size == n_t == n_m)
 
 
@@ -249,10 +255,8 @@ def _tree_rss(proc) -> int:
 
     total = 0
     for q in [proc, *proc.children(recursive=True)]:
-        try:
+        with contextlib.suppress(psutil.Error):
             total += q.memory_info().rss
-        except psutil.Error:
-            pass
     return total
 
 
@@ -279,7 +283,11 @@ def run(args: argparse.Namespace) -> dict:
     else:
         labeled = da.from_zarr(src)
         kwargs["stage_dir"] = str(args.out.parent)  # same disk as the other modes
-    log.info("merge_tile_labels(%s, **%s)", type(labeled).__name__, {k: v for k, v in kwargs.items() if k != "label_counts"})
+    log.info(
+        "merge_tile_labels(%s, **%s)",
+        type(labeled).__name__,
+        {k: v for k, v in kwargs.items() if k != "label_counts"},
+    )
 
     import threading
 
@@ -306,7 +314,13 @@ def run(args: argparse.Namespace) -> dict:
     log.info("merge done in %.2f s", seconds)
 
     merged = zarr.open_group(str(args.out), mode="r")[COMPONENT]
-    log.info("output: %s %s chunks=%s zarr v%d", merged.dtype, merged.shape, merged.chunks, merged.metadata.zarr_format)
+    log.info(
+        "output: %s %s chunks=%s zarr v%d",
+        merged.dtype,
+        merged.shape,
+        merged.chunks,
+        merged.metadata.zarr_format,
+    )
     tp = truth_path(args.input)
     truth = np.load(tp, mmap_mode="r") if args.check and tp.exists() else None
     n_labels, matches = count_and_check(merged, truth)
@@ -328,7 +342,9 @@ def run(args: argparse.Namespace) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--make-input", type=Path, metavar="IN.zarr", help="write the input store and exit")
+    p.add_argument(
+        "--make-input", type=Path, metavar="IN.zarr", help="write the input store and exit"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threshold", type=float, default=0.545)
     p.add_argument("--zarr-format", type=int, choices=(2, 3), default=3)
@@ -342,7 +358,9 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s: %(message)s")
 
     if args.make_input:
-        n = make_input(args.make_input, seed=args.seed, threshold=args.threshold, zarr_format=args.zarr_format)
+        n = make_input(
+            args.make_input, seed=args.seed, threshold=args.threshold, zarr_format=args.zarr_format
+        )
         print(json.dumps({"input": str(args.make_input), "n_objects": n}), file=sys.stderr)
         return
     if not (args.input and args.out):

@@ -242,7 +242,7 @@ def dedup_labels(
     *,
     min_overlap_voxels: int = 1,
     min_overlap_fraction: float = 0.5,
-    mutual_best: bool = True,
+    mutual_best: bool = False,
     progress: bool = False,
 ) -> LabelMapping:
     """Give every object that spans several tiles one global ID.
@@ -260,9 +260,12 @@ def dedup_labels(
         the two objects *within the overlap region* (so a large object is not
         penalised for its part outside the overlap).
     mutual_best : bool
-        ... and each is the other's best partner (most shared voxels).
-        Two distinct objects that merely touch in the overlap are therefore
-        not merged.
+        ... and each is the other's best partner (most shared voxels). Off by
+        default: an object that leaves a tile and comes back is two labels in
+        that tile but one in its neighbour, and both pieces must link to it.
+        Two distinct objects that merely touch in the overlap, or whose
+        borders disagree by a few voxels, are kept apart by
+        ``min_overlap_fraction`` already.
     progress : bool
         Show progress bars.
 

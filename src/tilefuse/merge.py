@@ -48,6 +48,11 @@ logger = logging.getLogger(__name__)
 
 Chunk = tuple[int, ...]
 
+#: chunks with at most this fraction of labelled voxels are kept sparse between passes
+_SPARSE_FRACTION = 0.05
+#: ... up to this many bytes in all (beyond it, chunks are read again)
+_SPARSE_BUDGET = 256 * 2**20
+
 
 def _open_input(labeled: Any, component: str) -> Any:
     """A zarr array from a path, store, group or array; dask arrays pass through."""
@@ -84,8 +89,11 @@ class _Grid:
 class _Scan:
     """Pass 1 task: stats and boundary planes of one chunk (stages dask blocks)."""
 
-    def __init__(self, source: Any, grid: _Grid, overlap: int, stage: zarr.Array | None) -> None:
+    def __init__(
+        self, source: Any, grid: _Grid, overlap: int, stage: zarr.Array | None, sparse: float
+    ) -> None:
         self.source, self.grid, self.overlap, self.stage = source, grid, overlap, stage
+        self.sparse_fraction = sparse
 
     def read(self, chunk: Chunk) -> NDArray[Any]:
         if self.stage is None:
@@ -103,18 +111,33 @@ class _Scan:
 
     def __call__(self, chunk: Chunk) -> dict[str, Any]:
         data = self.read(chunk)
-        if data.size and data.min() < 0:
-            msg = f"chunk {chunk} holds negative label {int(data.min())}; labels must be >= 0"
-            raise LabelError(msg)
-        top = int(data.max()) if data.size else 0
-        present = np.flatnonzero(np.bincount(data.ravel(), minlength=top + 1)[1:]) + 1
+        flat = data.ravel()
+        try:
+            counts = np.bincount(flat, minlength=1)
+        except ValueError as e:  # bincount refuses negative values
+            msg = f"chunk {chunk} holds negative label {int(flat.min())}; labels must be >= 0"
+            raise LabelError(msg) from e
+        top = len(counts) - 1
+        present = np.flatnonzero(counts[1:]) + 1
+        # sparse chunks (few labelled voxels) are kept as (index, value) pairs so the
+        # relabel pass need not read them again
+        n_fg = int(flat.size - counts[0])
+        sparse_chunk = None
+        if n_fg <= self.sparse_fraction * flat.size:
+            idx = np.flatnonzero(flat)
+            sparse_chunk = (idx.astype(np.int32 if flat.size < 2**31 else np.int64), flat[idx])
         faces = {}
         for ax in range(data.ndim):
             lo = [slice(None)] * data.ndim
             hi = [slice(None)] * data.ndim
             lo[ax], hi[ax] = 0, -1
             faces[ax] = (data[tuple(lo)].copy(), data[tuple(hi)].copy())
-        return {"max": top, "present": present.astype(np.int64), "faces": faces}
+        return {
+            "max": top,
+            "present": present.astype(np.int64),
+            "faces": faces,
+            "sparse": sparse_chunk,
+        }
 
 
 def _face_links(
@@ -145,8 +168,9 @@ class _Relabel:
         nodes: NDArray[np.int64],
         roots: NDArray[np.int64],
         final: NDArray[np.int64] | None,
+        sparse: dict[Chunk, tuple[NDArray[Any], NDArray[Any]]],
     ) -> None:
-        self.source, self.out, self.grid = source, out, grid
+        self.source, self.out, self.grid, self.sparse = source, out, grid, sparse
         self.offsets, self.maxima, self.nodes, self.roots, self.final = (
             offsets,
             maxima,
@@ -158,7 +182,6 @@ class _Relabel:
     def __call__(self, chunk: Chunk) -> None:
         k = self.grid.index[chunk]
         region = self.grid.region(chunk)
-        data = np.asarray(self.source[region])
         off = int(self.offsets[k])
         ids = np.arange(self.maxima[k] + 1, dtype=np.int64) + off  # global id of each local id
         # linked ids take their component's smallest id
@@ -168,7 +191,14 @@ class _Relabel:
         if self.final is not None:
             ids = np.searchsorted(self.final, ids) + 1
         ids[0] = 0
-        self.out[region] = ids.astype(self.out.dtype)[data]
+        lut = ids.astype(self.out.dtype)
+        kept = self.sparse.pop(chunk, None)
+        if kept is None:
+            self.out[region] = lut[np.asarray(self.source[region])]
+            return
+        block = np.zeros(tuple(r.stop - r.start for r in region), dtype=self.out.dtype)
+        block.ravel()[kept[0]] = lut[kept[1]]
+        self.out[region] = block
 
 
 def merge_tile_labels(
@@ -259,11 +289,17 @@ def merge_tile_labels(
             compressors=[zarr.codecs.ZstdCodec(level=1)],
         )
     try:
-        scan = _Scan(source, grid, overlap, stage)
+        scan = _Scan(source, grid, overlap, stage, _SPARSE_FRACTION)
         stats: dict[Chunk, dict[str, Any]] = {}
+        sparse: dict[Chunk, tuple[NDArray[Any], NDArray[Any]]] = {}
+        kept_bytes = 0
         for chunk, st in imap_unordered(
             scan, grid.ids, workers=n_workers, progress=progress, desc="scan", unit="chunk"
         ):
+            kept = st.pop("sparse")
+            if kept is not None and kept_bytes + kept[0].nbytes + kept[1].nbytes <= _SPARSE_BUDGET:
+                sparse[chunk] = kept
+                kept_bytes += kept[0].nbytes + kept[1].nbytes
             stats[chunk] = st
         maxima = [stats[c]["max"] for c in grid.ids]
         offsets = np.concatenate([[0], np.cumsum(maxima)]).astype(np.int64)
@@ -300,7 +336,15 @@ def merge_tile_labels(
         del stats
         out = _output(write_to, output_component, shape, chunks, dtype)
         relabel = _Relabel(
-            stage if stage is not None else source, out, grid, offsets, maxima, nodes, roots, final
+            stage if stage is not None else source,
+            out,
+            grid,
+            offsets,
+            maxima,
+            nodes,
+            roots,
+            final,
+            sparse,
         )
         for _ in imap_unordered(
             relabel, grid.ids, workers=n_workers, progress=progress, desc="relabel", unit="chunk"

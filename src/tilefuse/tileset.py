@@ -625,6 +625,16 @@ class Tileset(Sequence[Tile]):
             progress=progress,
         )
 
+    def map_tiles(self, func: Any, **options: Any) -> Tileset:
+        """Apply ``func`` (e.g. a segmentation) to every tile; results staged to zarr.
+
+        See `tilefuse.segment.map_tiles` for the options (``store``, ``dtype``,
+        ``block``, ``halo``, ``merge_blocks``, ``workers``, ``progress``).
+        """
+        from tilefuse.segment import map_tiles
+
+        return map_tiles(self, func, **options)
+
     def local_to_global(self, points: ArrayLike) -> NDArray[np.float64]:
         """World positions (z, y, x) in micrometres of tile-local voxel points.
 
