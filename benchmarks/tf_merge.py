@@ -7,7 +7,9 @@ IN.zarr is the group written by ``peers/patchworks_merge.py --make-input``
 1 in every chunk). Runs ``tilefuse.merge_tile_labels(IN, OUT,
 sequential_labels=True)`` (the input is only read) and prints one JSON line:
 tool, version, seconds, mvox_per_s, n_labels, matches_truth (checked after
-timing against IN_truth.npy, chunk by chunk).
+timing against IN_truth.npy, chunk by chunk) and merge_peak_rss_mb (this
+process's RSS sampled every 20 ms during the merge call only, as the peer
+script reports it).
 """
 
 import argparse
@@ -15,10 +17,12 @@ import json
 import logging
 import shutil
 import sys
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import zarr
 
 import tilefuse
@@ -38,7 +42,9 @@ def check(out: zarr.Array, truth_file: Path) -> tuple[int, bool | None]:
             if truth is not None:
                 t = np.asarray(truth[sl])
                 ok &= bool(np.array_equal(t > 0, m > 0))
-                pairs.update(map(tuple, np.unique(np.stack([t[t > 0], m[m > 0]]), axis=1).T.tolist()))
+                pairs.update(
+                    map(tuple, np.unique(np.stack([t[t > 0], m[m > 0]]), axis=1).T.tolist())
+                )
     if truth is None:
         return len(n), None
     a = {p[0] for p in pairs}
@@ -55,9 +61,22 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     if args.out.exists():
         shutil.rmtree(args.out)
+    proc = psutil.Process()
+    peak = [proc.memory_info().rss]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], proc.memory_info().rss)
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     t0 = time.perf_counter()
     out = merge_tile_labels(args.input, args.out, sequential_labels=True, n_workers=args.workers)
     seconds = time.perf_counter() - t0
+    done.set()
+    sampler.join()
     n, ok = check(out, args.input.with_name(args.input.name.removesuffix(".zarr") + "_truth.npy"))
     vox = int(np.prod(out.shape))
     sys.stdout.write(
@@ -69,6 +88,7 @@ def main() -> None:
                 "mvox_per_s": round(vox / 1e6 / seconds, 1),
                 "n_labels": n,
                 "matches_truth": ok,
+                "merge_peak_rss_mb": round(peak[0] / 2**20, 1),
             }
         )
         + "\n"

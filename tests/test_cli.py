@@ -115,3 +115,39 @@ def test_interrupted_stitch_is_completed_by_rerun(demo, tmp_path):
     g = MultiScaleGroup.open(out)
     assert g.is_complete
     np.testing.assert_array_equal(g.read(), demo.volume)
+
+
+def test_dedup_command(demo, tmp_path, capsys):
+    from tests_helpers import same_partition
+
+    image = tmp_path / "img.ome.zarr"
+    assert (
+        main(["stitch", str(demo.folder), "-o", str(image), "--levels", "2", "--no-progress"]) == 0
+    )
+    table = tmp_path / "objects.csv"
+    args = [
+        "dedup",
+        str(demo.labels_tileconfig),
+        "-o",
+        str(image),
+        "--table",
+        str(table),
+        "--mapping",
+        str(tmp_path / "map.npz"),
+        "--no-progress",
+    ]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    n_truth = len(np.unique(demo.labels)) - 1
+    assert f"objects:       {n_truth} " in out
+    g = MultiScaleGroup.open(image)
+    assert g.labels == ["labels"]
+    lab = g.open_labels("labels")
+    assert lab.n_levels == 2
+    assert same_partition(lab.read(), demo.labels)
+    rows = table.read_text().splitlines()
+    assert len(rows) == n_truth + 1
+    assert (tmp_path / "map.npz").is_file()
+    # labels exist now: refused without --overwrite
+    assert main(args) == 2
+    assert main([*args, "--overwrite"]) == 0

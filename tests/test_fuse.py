@@ -244,3 +244,24 @@ def test_interrupted_fusion_resumes(tmp_path):
         ts4.fuse(tmp_path / "x.ome.zarr", chunks=(8, 32, 32), shards=(8, 32, 32), workers=1)
     with pytest.raises(OutputExistsError, match="unfinished"):
         ts2.fuse(tmp_path / "x.ome.zarr", blend="max", chunks=(8, 32, 32), workers=1)
+
+
+def test_centre_rule_is_a_voronoi_cut_and_both_paths_agree():
+    from tilefuse.fuse import FusionPlan, OutputGrid
+
+    rng = np.random.default_rng(13)
+    tiles = [rng.integers(1, 50, (3, 30, 40)).astype(np.uint16) for _ in range(4)]
+    ts = Tileset.from_arrays(tiles, [(0, 0, 0), (0, 0, 25), (0, 20, 5), (0, 22, 30)])
+    fused = ts.fuse(blend="centre", chunks=(3, 16, 16))
+    plan = FusionPlan(ts.tiles, OutputGrid.covering(ts.tiles, ts.voxel_size), blend="centre")
+    region = (slice(0, 3), slice(0, fused.shape[1]), slice(0, fused.shape[2]))
+    general = plan._nearest_centre(plan.tiles_in(region), region)[0]
+    np.testing.assert_array_equal(fused, general)
+    # every voxel comes from the covering tile with the nearest centre
+    centres = [t.box[0] + (t.box[1] - t.box[0]) / 2 for t in ts]
+    for y, x in [(5, 5), (10, 30), (25, 10), (28, 50), (21, 26)]:
+        pos = np.array([1.5, y + 0.5, x + 0.5])
+        cover = [k for k, t in enumerate(ts) if np.all(pos >= t.box[0]) and np.all(pos < t.box[1])]
+        k = min(cover, key=lambda k: np.sum((pos - centres[k]) ** 2))
+        o = ts[k].offset.astype(int)
+        assert fused[1, y, x] == tiles[k][1, y - o[1], x - o[2]]

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import zarr
 
+from tests_helpers import same_partition
 from tilefuse import LabelError, Tileset
 from tilefuse.labels import LabelMapping
 from tilefuse.synthetic import cut_tiles, make_volume
@@ -19,14 +20,6 @@ def renumber_randomly(tiles, seed=0, start=1):
         lut[ids] = rng.permutation(len(ids)).astype(np.uint32) + start
         out.append(lut[t])
     return out
-
-
-def same_partition(a, b):
-    """Equal up to renumbering: same background, and a bijection between the labels."""
-    if not np.array_equal(a > 0, b > 0):
-        return False
-    pairs = np.unique(np.stack([a[a > 0], b[b > 0]]).astype(np.int64), axis=1)
-    return len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1]
 
 
 def label_mosaic(truth, grid, overlap=0.25, tile_shape=None, seed=0):

@@ -6,15 +6,9 @@ import pytest
 import zarr
 from scipy import ndimage
 
+from tests_helpers import same_partition
 from tilefuse import LabelError
 from tilefuse.merge import merge_tile_labels
-
-
-def same_partition(a, b):
-    if not np.array_equal(a > 0, b > 0):
-        return False
-    pairs = np.unique(np.stack([a[a > 0], b[b > 0]]).astype(np.int64), axis=1)
-    return len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1]
 
 
 def binary_volume(shape, seed=0, threshold=0.55):

@@ -98,6 +98,40 @@ def cmd_stitch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dedup(args: argparse.Namespace) -> int:
+    """Deduplicate per-tile label IDs and write globally consistent fused labels."""
+    from tilefuse.objects import object_table
+
+    ts = _open(args)
+    mapping = ts.dedup_labels(
+        min_overlap_voxels=args.min_overlap,
+        min_overlap_fraction=args.min_fraction,
+        mutual_best=args.mutual_best,
+        progress=not args.no_progress,
+    )
+    n_local = sum(int(np.count_nonzero(lut)) for lut in mapping.luts)
+    logger.info("%d per-tile labels -> %d objects", n_local, mapping.n_objects)
+    if args.mapping:
+        mapping.save(args.mapping)
+    group = ts.fuse_labels(
+        args.output,
+        mapping=mapping,
+        name=args.name,
+        rule=args.rule,
+        levels=args.levels,
+        workers=args.workers,
+        progress=not args.no_progress,
+        overwrite=args.overwrite,
+    )
+    _out(f"objects:       {mapping.n_objects} (from {n_local} per-tile labels in {len(ts)} tiles)")
+    _out(f"fused labels:  {group.path} (levels {[tuple(a.shape) for a in group.levels]})")
+    if args.table:
+        table = object_table(group, workers=args.workers)
+        table.to_csv(args.table)
+        _out(f"objects table: {args.table} ({len(table)} rows)")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Generate the synthetic mosaic and stitch it."""
     from tilefuse.demo import write_demo
@@ -187,6 +221,32 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--overwrite", action="store_true", help="replace an existing output")
     sp.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     sp.set_defaults(func=cmd_stitch)
+
+    sp = sub.add_parser("dedup", help="give objects spanning several label tiles one ID")
+    add_input(sp)
+    sp.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="an OME-Zarr image from 'stitch' (labels go to its labels/ group) or a new .ome.zarr",
+    )
+    sp.add_argument("--name", default="labels", help="label image name inside labels/")
+    sp.add_argument("--min-overlap", type=int, default=1, help="min shared voxels for a link")
+    sp.add_argument(
+        "--min-fraction",
+        type=float,
+        default=0.5,
+        help="min shared fraction of the smaller object within the overlap (default 0.5)",
+    )
+    sp.add_argument("--mutual-best", action="store_true", help="link only mutual best partners")
+    sp.add_argument("--rule", default="centre", choices=["centre", "overwrite"])
+    sp.add_argument("--levels", type=int, default=None, help="pyramid levels (default: image's)")
+    sp.add_argument("--table", help="write an objects table (CSV) here")
+    sp.add_argument("--mapping", help="save the per-tile ID mapping (.npz) here")
+    sp.add_argument("--workers", type=int, default=None)
+    sp.add_argument("--overwrite", action="store_true")
+    sp.add_argument("--no-progress", action="store_true")
+    sp.set_defaults(func=cmd_dedup)
 
     sp = sub.add_parser("demo", help="generate a synthetic mosaic and stitch it")
     sp.add_argument("folder", help="output folder")

@@ -164,6 +164,14 @@ class FusionPlan:
                     _put(out, sub, self._cast(data), mask)
             return out
         if self.blend == "centre":
+            # carry each tile's centre in the weight slot of its contribution
+            parts = [
+                (sub, data, mask, (self._lo[i] + self._hi[i]) / 2)
+                for i in idx
+                for sub, data, mask, _ in self._samples(self.tiles[i], region)
+            ]
+            if all(mask is None for _, _, mask, _ in parts):
+                return self._blend_cells(parts, shape, region)
             return self._nearest_centre(idx, region)
         if self.blend == "max":
             out = np.zeros((c, *shape), dtype=self._acc)
@@ -179,7 +187,7 @@ class FusionPlan:
             return self._cast(out)
         parts = [p for i in idx for p in self._samples(self.tiles[i], region)]
         if all(mask is None for _, _, mask, _ in parts):
-            return self._blend_cells(parts, shape)
+            return self._blend_cells(parts, shape, region)
         acc = np.zeros((c, *shape), dtype=self._acc)
         wsum = np.zeros(shape, dtype=self._acc)
         for sub, data, mask, w in parts:
@@ -190,6 +198,28 @@ class FusionPlan:
             wsum[sub] += w
         np.divide(acc, wsum, out=acc, where=wsum > 0)
         return self._cast(acc)
+
+    def _closest(
+        self, cover: list[Any], rel: list[Region], cell: Region, region: Region
+    ) -> NDArray[Any]:
+        """For one cell: each voxel from the contribution whose tile centre is nearest."""
+        origin, vs = np.asarray(self.grid.origin), np.asarray(self.grid.voxel_size)
+        pos = [
+            origin[ax]
+            + (np.arange(cell[ax].start, cell[ax].stop) + region[ax].start + 0.5) * vs[ax]
+            for ax in range(3)
+        ]
+        dist = np.stack(
+            [
+                (pos[0] - c[0])[:, None, None] ** 2
+                + (pos[1] - c[1])[None, :, None] ** 2
+                + (pos[2] - c[2])[None, None, :] ** 2
+                for *_, c in cover
+            ]
+        )
+        pick = np.argmin(dist, axis=0)  # ties: the first tile
+        stack = np.stack([p[1][(slice(None), *r)] for p, r in zip(cover, rel, strict=True)])
+        return self._cast(np.take_along_axis(stack, pick[None, None], axis=0)[0])
 
     def _nearest_centre(self, idx: NDArray[np.intp], region: Region) -> NDArray[Any]:
         """Each voxel from the covering tile whose box centre is nearest (ties: first tile)."""
@@ -228,7 +258,9 @@ class FusionPlan:
             return out
         return w if cell is None else w[cell]
 
-    def _blend_cells(self, parts: list[Any], shape: tuple[int, ...]) -> NDArray[Any]:
+    def _blend_cells(
+        self, parts: list[Any], shape: tuple[int, ...], region: Region
+    ) -> NDArray[Any]:
         """Blend axis-aligned contributions cell by cell.
 
         The block is cut at every contribution's border into cells covered by
@@ -257,6 +289,9 @@ class FusionPlan:
                     target = out[(slice(None), *cell)]
                     if len(cover) == 1:
                         target[...] = self._cast(cover[0][1][(slice(None), *rel[0])])
+                        continue
+                    if self.blend == "centre":
+                        target[...] = self._closest(cover, rel, cell, region)
                         continue
                     acc = np.zeros(target.shape, dtype=self._acc)
                     wsum = np.zeros((1, 1, 1), dtype=self._acc)

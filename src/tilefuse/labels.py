@@ -171,11 +171,15 @@ def _tile_labels(tile: Tile) -> NDArray[Any]:
         data = tile.source.read(
             (slice(z0, min(z0 + _SLAB, nz)), slice(0, tile.shape[1]), slice(0, tile.shape[2]))
         )
-        u = np.unique(data)
-        if u.size and u[0] < 0:
-            msg = f"tile {tile.name!r} has negative label {int(u[0])}; labels must be >= 0"
+        lo, hi = (int(data.min()), int(data.max())) if data.size else (0, 0)
+        if lo < 0:
+            msg = f"tile {tile.name!r} has negative label {lo}; labels must be >= 0"
             raise LabelError(msg)
-        present.append(u[u > 0])
+        if hi < 1 << 26:  # presence by counting (linear) unless IDs are huge
+            present.append(np.flatnonzero(np.bincount(data.ravel(), minlength=1)[1:]) + 1)
+        else:
+            u = np.unique(data)
+            present.append(u[u > 0])
     return np.unique(np.concatenate(present)) if present else np.empty(0, dtype=np.int64)
 
 
@@ -217,8 +221,13 @@ def _pair_links(
         return e, e, e
     la, na = np.unique(a[a > 0], return_counts=True)
     lb, nb = np.unique(b[b > 0], return_counts=True)
-    pairs, shared = np.unique(np.stack([a[both], b[both]], axis=1), axis=0, return_counts=True)
-    pa, pb = pairs[:, 0], pairs[:, 1]
+    va, vb = a[both], b[both]
+    if va.max() < 1 << 31 and vb.max() < 1 << 31:  # pack each pair into one int64 key
+        keys, shared = np.unique((va << 32) | vb, return_counts=True)
+        pa, pb = keys >> 32, keys & 0xFFFFFFFF
+    else:
+        pairs, shared = np.unique(np.stack([va, vb], axis=1), axis=0, return_counts=True)
+        pa, pb = pairs[:, 0], pairs[:, 1]
     # sizes of each object inside the shared region (both tiles observed it)
     sa = na[np.searchsorted(la, pa)]
     sb = nb[np.searchsorted(lb, pb)]

@@ -112,20 +112,19 @@ class _Scan:
     def __call__(self, chunk: Chunk) -> dict[str, Any]:
         data = self.read(chunk)
         flat = data.ravel()
-        try:
-            counts = np.bincount(flat, minlength=1)
-        except ValueError as e:  # bincount refuses negative values
-            msg = f"chunk {chunk} holds negative label {int(flat.min())}; labels must be >= 0"
-            raise LabelError(msg) from e
+        idx = np.flatnonzero(flat)  # the one full pass over the chunk
+        vals = flat[idx]
+        if vals.size and vals.min() < 0:
+            msg = f"chunk {chunk} holds negative label {int(vals.min())}; labels must be >= 0"
+            raise LabelError(msg)
+        counts = np.bincount(vals, minlength=1)
         top = len(counts) - 1
         present = np.flatnonzero(counts[1:]) + 1
         # sparse chunks (few labelled voxels) are kept as (index, value) pairs so the
         # relabel pass need not read them again
-        n_fg = int(flat.size - counts[0])
         sparse_chunk = None
-        if n_fg <= self.sparse_fraction * flat.size:
-            idx = np.flatnonzero(flat)
-            sparse_chunk = (idx.astype(np.int32 if flat.size < 2**31 else np.int64), flat[idx])
+        if idx.size <= self.sparse_fraction * flat.size:
+            sparse_chunk = (idx.astype(np.int32 if flat.size < 2**31 else np.int64), vals)
         faces = {}
         for ax in range(data.ndim):
             lo = [slice(None)] * data.ndim
