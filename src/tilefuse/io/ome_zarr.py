@@ -547,6 +547,12 @@ class MultiScaleGroup:
         while self.n_levels < n_levels:
             self.add_downsample_level(method=method, **kwargs)  # type: ignore[arg-type]
 
+    def to_bdv(self, path: str | os.PathLike[str], **options: Any) -> tuple[Path, Path]:
+        """Export level 0 to BigDataViewer HDF5 + XML (see `tilefuse.io.bdv.write_bdv`)."""
+        from tilefuse.io.bdv import group_to_bdv
+
+        return group_to_bdv(self, path, **options)
+
     # -- labels -------------------------------------------------------------------------
     def create_labels(
         self, name: str, dtype: Any = np.uint32, *, overwrite: bool = False
