@@ -66,28 +66,11 @@ class _TileTask:
         tile = self.tiles[i]
         name = f"tile_{i:05d}"
         shape = tile.shape
-        if self.block is None:
-            res = self._apply(tile, tuple(slice(0, n) for n in shape))
-            arr = self.group.create_array(
-                name,
-                shape=shape,
-                dtype=self.dtype or res.dtype,
-                chunks=shape,
-                fill_value=0,
-                overwrite=True,
-            )
-            arr[...] = res.astype(arr.dtype, copy=False)
-            return name
-        block = tuple(min(b, n) for b, n in zip(self.block, shape, strict=True))
-        target = name if not self.merge_blocks else name + "_blocks"
-        arr = self.group.create_array(
-            target,
-            shape=shape,
-            dtype=self.dtype or np.int32,
-            chunks=block,
-            fill_value=0,
-            overwrite=True,
-        )
+        # a whole tile is one block; blocks smaller than the tile are joined afterwards
+        block = tuple(min(b, n) for b, n in zip(self.block or shape, shape, strict=True))
+        merge = self.merge_blocks and block != shape
+        target = name + "_blocks" if merge else name
+        arr = None
         for start in itertools.product(
             *[range(0, n, b) for n, b in zip(shape, block, strict=True)]
         ):
@@ -97,11 +80,20 @@ class _TileTask:
                 for c, n in zip(core, shape, strict=True)
             ]
             res = self._apply(tile, tuple(grown))
+            if arr is None:  # created at the first result, which tells the dtype
+                arr = self.group.create_array(
+                    target,
+                    shape=shape,
+                    dtype=self.dtype or res.dtype,
+                    chunks=block,
+                    fill_value=0,
+                    overwrite=True,
+                )
             trim = tuple(
                 slice(c.start - g.start, c.stop - g.start) for c, g in zip(core, grown, strict=True)
             )
             arr[tuple(core)] = res[trim].astype(arr.dtype, copy=False)
-        if self.merge_blocks:
+        if merge:
             from tilefuse.merge import merge_tile_labels
 
             merge_tile_labels(
