@@ -194,6 +194,64 @@ class Tileset(Sequence[Tile]):
         return cls(tiles, voxel_size)
 
     @classmethod
+    def from_jp2(
+        cls,
+        files: Sequence[str | os.PathLike[str]],
+        offsets: ArrayLike | str | os.PathLike[str],
+        voxel_size: ArrayLike = (1.0, 1.0, 1.0),
+        *,
+        components: Literal["z", "channels"] = "z",
+        skip_missing: bool = False,
+    ) -> Tileset:
+        """Tiles from JPEG 2000 files, one per tile.
+
+        Parameters
+        ----------
+        files : sequence of path
+            ``.jp2`` / ``.j2k`` files, in the order of the offsets.
+        offsets : array_like of shape (n, 3), or path
+            Offsets (z, y, x) in micrometres, or a file: an exm ``.npy`` (row 0
+            the tile size in pixels, x y z; then x y z micrometres per tile) or
+            a CSV with columns z, y, x.
+        voxel_size : array_like of 3 floats
+            Voxel size (z, y, x) in micrometres.
+        components : {"z", "channels"}
+            Whether image components are z planes (the exm layout) or channels.
+        skip_missing : bool
+            Drop absent files (logged) instead of raising.
+        """
+        from tilefuse.io.jp2 import Jp2Source, read_exm_offsets, read_offsets_csv
+
+        if isinstance(offsets, (str, os.PathLike)):
+            p = Path(offsets)
+            offs = (
+                read_exm_offsets(p, len(files))[1]
+                if p.suffix == ".npy"
+                else read_offsets_csv(p, len(files))
+            )
+        else:
+            offs = _parse_offsets(offsets, len(files))
+        tiles = []
+        for f, o in zip(files, offs, strict=True):
+            try:
+                src = Jp2Source(f, components)
+            except MissingTileError:
+                if not skip_missing:
+                    raise
+                logger.warning("skipping missing tile %s", f)
+                continue
+            tiles.append(
+                Tile(
+                    src,
+                    affine_from_offset(voxel_size, o),
+                    name=Path(f).name,
+                    index=len(tiles),
+                    metadata={"path": str(f)},
+                )
+            )
+        return cls(tiles, voxel_size)
+
+    @classmethod
     def from_tileconfig(
         cls,
         path: str | os.PathLike[str],
