@@ -220,17 +220,9 @@ class Tileset(Sequence[Tile]):
         skip_missing : bool
             Drop absent files (logged) instead of raising.
         """
-        from tilefuse.io.jp2 import Jp2Source, read_exm_offsets, read_offsets_csv
+        from tilefuse.io.jp2 import Jp2Source
 
-        if isinstance(offsets, (str, os.PathLike)):
-            p = Path(offsets)
-            offs = (
-                read_exm_offsets(p, len(files))[1]
-                if p.suffix == ".npy"
-                else read_offsets_csv(p, len(files))
-            )
-        else:
-            offs = _parse_offsets(offsets, len(files))
+        offs = _offsets_from(offsets, len(files))
         tiles = []
         for f, o in zip(files, offs, strict=True):
             try:
@@ -249,6 +241,46 @@ class Tileset(Sequence[Tile]):
                     metadata={"path": str(f)},
                 )
             )
+        return cls(tiles, voxel_size)
+
+    @classmethod
+    def from_hdf5(
+        cls,
+        path: str | os.PathLike[str],
+        offsets: ArrayLike | str | os.PathLike[str],
+        voxel_size: ArrayLike = (1.0, 1.0, 1.0),
+        *,
+        datasets: Sequence[str] | None = None,
+    ) -> Tileset:
+        """Tiles from one HDF5 file holding one dataset per tile (e.g. CellPose masks).
+
+        Parameters
+        ----------
+        path : str or PathLike
+            The HDF5 file.
+        offsets : array_like of shape (n, 3), or path
+            Offsets (z, y, x) in micrometres, one per dataset in order, or an
+            exm ``.npy`` / CSV offsets file (see `from_jp2`).
+        voxel_size : array_like of 3 floats
+            Voxel size (z, y, x) in micrometres.
+        datasets : sequence of str, optional
+            Dataset names in tile order (default: every 2D/3D dataset,
+            natural-sorted, so ``tile_2`` comes before ``tile_10``).
+        """
+        from tilefuse.io.h5 import H5Source, list_datasets
+
+        names = list(datasets) if datasets is not None else list_datasets(path)
+        offs = _offsets_from(offsets, len(names))
+        tiles = [
+            Tile(
+                H5Source(path, n),
+                affine_from_offset(voxel_size, o),
+                name=n,
+                index=i,
+                metadata={"path": str(path), "dataset": n},
+            )
+            for i, (n, o) in enumerate(zip(names, offs, strict=True))
+        ]
         return cls(tiles, voxel_size)
 
     @classmethod
@@ -751,6 +783,16 @@ def _parse_offsets(offsets: ArrayLike, n: int) -> NDArray[np.float64]:
         msg = "offsets must be finite"
         raise ValueError(msg)
     return offs
+
+
+def _offsets_from(offsets: Any, n: int) -> NDArray[np.float64]:
+    """Offsets given as an array, or as an exm ``.npy`` / CSV file."""
+    if isinstance(offsets, (str, os.PathLike)):
+        from tilefuse.io.jp2 import read_exm_offsets, read_offsets_csv
+
+        p = Path(offsets)
+        return read_exm_offsets(p, n)[1] if p.suffix == ".npy" else read_offsets_csv(p, n)
+    return _parse_offsets(offsets, n)
 
 
 def _check_compatible(tiles: Sequence[Tile]) -> None:
