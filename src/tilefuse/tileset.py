@@ -284,6 +284,71 @@ class Tileset(Sequence[Tile]):
         return cls(tiles, voxel_size)
 
     @classmethod
+    def from_nd2(
+        cls,
+        paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+        *,
+        timepoint: int = 0,
+        stage_signs: ArrayLike | None = None,
+        positions_um: ArrayLike | None = None,
+    ) -> Tileset:
+        """Tiles from ND2 files: every XY position of every file is one tile.
+
+        Parameters
+        ----------
+        paths : path or sequence of paths
+            One multi-position file, or several (single- or multi-position) files.
+        timepoint : int
+            The timepoint to read.
+        stage_signs : array_like of 3 floats, optional
+            Signs (z, y, x) applied to stage positions; default
+            `tilefuse.io.nd2.DEFAULT_STAGE_SIGNS` (x flipped: on common Nikon
+            setups the stage X axis runs against image x).
+        positions_um : array_like of shape (n, 3), optional
+            A position table (stage Z, Y, X in micrometres, one row per tile)
+            used instead of the files' stage metadata (e.g. from a separate
+            stage log); the signs still apply.
+
+        Returns
+        -------
+        Tileset
+            Voxel size from the files' calibration; channels named as in the file.
+        """
+        from tilefuse.io.nd2 import DEFAULT_STAGE_SIGNS, Nd2Source, nd2_positions
+
+        files = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+        sources, stage = [], []
+        for f in files:
+            for pos in nd2_positions(f, timepoint):
+                sources.append(Nd2Source(f, pos.index, timepoint))
+                stage.append(pos.stage_zyx_um)
+        table = np.asarray(positions_um if positions_um is not None else stage, dtype=float)
+        if table.shape != (len(sources), 3):
+            msg = f"positions_um must be ({len(sources)}, 3) (stage Z, Y, X); got {table.shape}"
+            raise ValueError(msg)
+        signs = DEFAULT_STAGE_SIGNS if stage_signs is None else stage_signs
+        return cls._from_sources(sources, table, signs)
+
+    @classmethod
+    def _from_sources(
+        cls, sources: Sequence[Any], stage_zyx: ArrayLike, signs: ArrayLike
+    ) -> Tileset:
+        """Tiles from positioned sources (their own voxel sizes) and stage positions (um)."""
+        offs = np.asarray(stage_zyx, dtype=float) * np.asarray(signs, dtype=float)
+        tiles = [
+            Tile(
+                s,
+                affine_from_offset(s.voxel_size_zyx, o),
+                name=f"{Path(s.path).stem}_p{s.position}",
+                index=i,
+                channels=tuple(s.channel_names),
+                metadata={"path": str(s.path), "position": s.position, "stage_zyx_um": list(o)},
+            )
+            for i, (s, o) in enumerate(zip(sources, offs, strict=True))
+        ]
+        return cls(tiles)
+
+    @classmethod
     def from_tileconfig(
         cls,
         path: str | os.PathLike[str],
