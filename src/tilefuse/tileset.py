@@ -349,6 +349,32 @@ class Tileset(Sequence[Tile]):
         return cls(tiles)
 
     @classmethod
+    def from_ome_zarr(
+        cls,
+        paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+        *,
+        level: int = 0,
+        timepoint: int = 0,
+    ) -> Tileset:
+        """Tiles from OME-Zarr images (one multiscale image per tile), read lazily.
+
+        Parameters
+        ----------
+        paths : path or sequence of paths
+            Image groups; or one store whose child groups are images; or a
+            folder of ``*.zarr`` images (natural-sorted).
+        level : int
+            Resolution level to read (voxel size and positions follow it).
+        timepoint : int
+            Timepoint for images with a ``t`` axis.
+        """
+        from tilefuse.io.ome_zarr_tiles import find_images, image_tile
+
+        items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+        images = [img for p in items for img in find_images(p)]
+        return cls([image_tile(p, level, timepoint, i) for i, p in enumerate(images)])
+
+    @classmethod
     def from_tileconfig(
         cls,
         path: str | os.PathLike[str],
