@@ -14,7 +14,7 @@ import numpy as np
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
-__all__ = ["ArraySource", "PixelSource", "full_region", "normalize_region"]
+__all__ = ["ArraySource", "DownscaledSource", "PixelSource", "full_region", "normalize_region"]
 
 Region = tuple[slice, slice, slice]
 
@@ -119,3 +119,54 @@ class ArraySource:
 
     def __repr__(self) -> str:
         return f"ArraySource(shape={self.shape}, dtype={self.dtype})"
+
+
+class DownscaledSource:
+    """A source read at lower resolution, region by region, never whole.
+
+    ``method="stride"`` keeps every ``f``-th voxel and reads only the planes
+    (z) it keeps; ``method="mean"`` averages ``f``-blocks (integer-exact,
+    rounded half up) from just the region it needs. The output shape is
+    ``ceil(n / f)`` per axis.
+    """
+
+    def __init__(self, source: Any, factors: tuple[int, int, int], method: str = "mean") -> None:
+        if method not in ("mean", "stride"):
+            msg = f"downscale method must be 'mean' or 'stride', got {method!r}"
+            raise ValueError(msg)
+        if len(factors) != 3 or min(factors) < 1:
+            msg = f"downscale factors must be 3 integers >= 1, got {factors}"
+            raise ValueError(msg)
+        self.source, self.factors, self.method = source, tuple(int(f) for f in factors), method
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """Shape ``(c, z, y, x)``."""
+        c, *sp = self.source.shape
+        z, y, x = (-(-n // f) for n, f in zip(sp, self.factors, strict=True))
+        return (c, z, y, x)
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        """Pixel dtype (unchanged)."""
+        return np.dtype(self.source.dtype)
+
+    def read(self, region: Region) -> NDArray[Any]:
+        """Read a region of the downscaled tile."""
+        from tilefuse.pyramid import downsample
+
+        full = self.source.shape[1:]
+        fz, fy, fx = self.factors
+        if self.method == "stride":
+            ys = slice(region[1].start * fy, min(region[1].stop * fy, full[1]))
+            xs = slice(region[2].start * fx, min(region[2].stop * fx, full[2]))
+            planes = [
+                self.source.read((slice(z * fz, z * fz + 1), ys, xs))[:, :, ::fy, ::fx]
+                for z in range(region[0].start, region[0].stop)
+            ]
+            return np.concatenate(planes, axis=1) if planes else np.empty((self.shape[0], 0, 0, 0))
+        src = tuple(
+            slice(r.start * f, min(r.stop * f, n))
+            for r, f, n in zip(region, self.factors, full, strict=True)
+        )
+        return downsample(self.source.read(src), self.factors, "mean")

@@ -159,6 +159,33 @@ class Tile:
         """Copy of this tile with another placement."""
         return dataclasses.replace(self, affine=affine)
 
+    def downscale(self, factors: Any, method: str = "mean") -> Tile:
+        """Read this tile at lower resolution (region by region, never whole).
+
+        Parameters
+        ----------
+        factors : int or sequence of 3 ints
+            Factors (z, y, x).
+        method : {"mean", "stride"}
+            Block mean, or every ``f``-th voxel (reads only the planes it keeps).
+
+        Returns
+        -------
+        Tile
+            Same world position (the first voxel's corner); voxel size times
+            ``factors``; shape ``ceil(n / f)``.
+        """
+        from tilefuse.source import DownscaledSource
+
+        f = tuple(int(v) for v in np.broadcast_to(np.asarray(factors), (3,)))
+        a = np.array(self.affine)
+        a[:3, :3] = a[:3, :3] * np.array(f, dtype=float)  # scale the voxel axes
+        return dataclasses.replace(
+            self,
+            source=DownscaledSource(self.source, f, method),
+            affine=a,  # type: ignore[arg-type]
+        )
+
     def with_offset(self, offset: ArrayLike) -> Tile:
         """Copy of this tile translated to ``offset`` (z, y, x) micrometres."""
         a = np.array(self.affine)

@@ -527,6 +527,14 @@ class Tileset(Sequence[Tile]):
         lo, hi = self._boxes
         return lo.min(axis=0), hi.max(axis=0)
 
+    def downscale(self, factors: Any, method: Literal["mean", "stride"] = "mean") -> Tileset:
+        """Every tile read at lower resolution; voxel size and positions stay consistent.
+
+        See `Tile.downscale`. Nothing is read until pixels are requested.
+        """
+        f = np.broadcast_to(np.asarray(factors, dtype=float), (3,))
+        return Tileset([t.downscale(factors, method) for t in self._tiles], self.voxel_size * f)
+
     def with_offsets(self, offsets: ArrayLike) -> Tileset:
         """Copy with new tile offsets (n, 3) in micrometres."""
         offs = _parse_offsets(offsets, len(self))

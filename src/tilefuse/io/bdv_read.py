@@ -21,6 +21,7 @@ setup's dataset.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import threading
@@ -132,9 +133,8 @@ class BdvFile:
             f = self._file()
             try:
                 self._setups, self._timepoints = self._scan(f)
-            except BaseException:
-                self._close()
-                raise
+            finally:
+                self._close()  # lazy: nothing stays open until the first read
 
     # -- metadata -----------------------------------------------------------------
 
@@ -171,9 +171,7 @@ class BdvFile:
             if key not in self._levels:
                 f = self._file()
                 out = []
-                for lvl, (fac, sub) in enumerate(
-                    zip(info.factors, info.subdivisions, strict=True)
-                ):
+                for lvl, (fac, sub) in enumerate(zip(info.factors, info.subdivisions, strict=True)):
                     ds = self._dataset(f, tp, setup, lvl)
                     shape = (int(ds.shape[0]), int(ds.shape[1]), int(ds.shape[2]))
                     chunks = tuple(int(c) for c in ds.chunks) if ds.chunks else sub
@@ -279,16 +277,11 @@ class BdvFile:
     def __del__(self) -> None:
         h5 = getattr(self, "_h5", None)
         if h5 is not None and getattr(self, "_pid", 0) == os.getpid():
-            try:
+            with contextlib.suppress(Exception):  # interpreter shutdown
                 h5.close()
-            except Exception:  # noqa: S110 - interpreter shutdown: nothing to report to
-                pass
 
     def __repr__(self) -> str:
-        return (
-            f"BdvFile({str(self.path)!r}, setups={self._setups}, "
-            f"timepoints={self._timepoints})"
-        )
+        return f"BdvFile({str(self.path)!r}, setups={self._setups}, timepoints={self._timepoints})"
 
     # -- internals (callers hold the lock) ----------------------------------------
 
@@ -391,7 +384,10 @@ class BdvFile:
         try:
             return self._setup_info[int(setup)]
         except KeyError:
-            msg = f"{self.path}: no setup {setup} (group /s{int(setup):02d}); setups present: {self._setups}"
+            msg = (
+                f"{self.path}: no setup {setup} (group /s{int(setup):02d}); "
+                f"setups present: {self._setups}"
+            )
             raise MissingTileError(msg) from None
 
     def _default_timepoint(self, setup: int) -> int:
@@ -426,10 +422,8 @@ class BdvFile:
             ds = f[path]
         except KeyError:
             link = None
-            try:
+            with contextlib.suppress(KeyError, ValueError):
                 link = f.get(path, getlink=True)
-            except (KeyError, ValueError):
-                pass
             hint = (
                 f" (external link to {link.filename!r} does not resolve: partition file missing?)"
                 if isinstance(link, h5py.ExternalLink)
@@ -551,9 +545,7 @@ class BdvSource:
     def read(self, region: Region) -> NDArray[Any]:
         """Read ``(c, z, y, x)`` pixels of a ``(z, y, x)`` region."""
         sel = normalize_region(region, self._shape[1:])  # type: ignore[arg-type]
-        out = np.empty(
-            (len(self.setups), *[s.stop - s.start for s in sel]), dtype=self._dtype
-        )
+        out = np.empty((len(self.setups), *[s.stop - s.start for s in sel]), dtype=self._dtype)
         for c, s in enumerate(self.setups):
             self.file._read_into(self.timepoint, s, self.level, sel, out[c])
         return out
