@@ -179,7 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def add_input(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("input", help="TileConfiguration*.txt, or a folder holding one")
+        sp.add_argument(
+            "input",
+            help="TileConfiguration*.txt (or a folder holding one), BigStitcher/BDV .xml, .nd2 "
+            "(or a folder of them), OME-Zarr image(s)",
+        )
         sp.add_argument(
             "--voxel-size",
             type=float,

@@ -41,6 +41,13 @@ logger = logging.getLogger(__name__)
 
 _TILECONFIG_NAMES = ("TileConfiguration.registered.txt", "TileConfiguration.txt")
 
+#: what `Tileset.open` (and the CLI's INPUT) accepts, for error messages
+SUPPORTED_INPUTS = (
+    "a TileConfiguration*.txt file or a folder holding one; a BigStitcher/BDV project .xml "
+    "(or its .h5 next to it); an .nd2 file or a folder of them; an OME-Zarr image, store of "
+    "images or folder of *.zarr images; an HDF5 file of tile datasets with offsets="
+)
+
 
 @dataclass(frozen=True)
 class Overlap:
@@ -439,16 +446,26 @@ class Tileset(Sequence[Tile]):
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], **options: Any) -> Tileset:
-        """Open a tileset from a path, detecting its kind.
+        """Open a tileset from a path, detecting its kind by suffix and content.
 
-        Supported now: a ``TileConfiguration*.txt`` file, or a folder holding
-        ``TileConfiguration.registered.txt`` or ``TileConfiguration.txt`` (the
-        registered one is preferred). ``options`` go to the reader.
+        ======================================  =====================================
+        input                                   reader
+        ======================================  =====================================
+        ``TileConfiguration*.txt``, or a        `from_tileconfig` (the
+        folder holding one                      ``.registered.txt`` one is preferred)
+        ``*.xml`` (BigStitcher / BDV project)   `from_bigstitcher`
+        ``*.nd2``, or a folder of them          `from_nd2`
+        an OME-Zarr image / store of images,    `from_ome_zarr`
+        or a folder of ``*.zarr`` images
+        ``*.h5`` / ``*.hdf5`` with ``offsets=``  `from_hdf5` (one dataset per tile)
+        ======================================  =====================================
+
+        ``options`` go to the reader (e.g. ``voxel_size=``, ``timepoint=``).
 
         Raises
         ------
         UnsupportedFormatError
-            If the path is none of the supported inputs.
+            If the path is none of the supported inputs (the message lists them).
         MissingTileError
             If the path does not exist.
         """
@@ -456,6 +473,7 @@ class Tileset(Sequence[Tile]):
         if not p.exists():
             msg = f"input not found: {p}"
             raise MissingTileError(msg)
+        suffix = p.suffix.lower()
         if p.is_dir():
             for name in _TILECONFIG_NAMES:
                 if (p / name).is_file():
@@ -463,12 +481,22 @@ class Tileset(Sequence[Tile]):
             cands = sorted(p.glob("TileConfiguration*.txt"))
             if cands:
                 return cls.from_tileconfig(cands[0], **options)
-        elif p.suffix.lower() == ".txt":
+            nd2s = sorted(p.glob("*.nd2"))
+            if nd2s:
+                return cls.from_nd2(nd2s, **options)
+            if _is_zarr(p) or any(_is_zarr(c) for c in p.glob("*.zarr")):
+                return cls.from_ome_zarr(p, **options)
+        elif suffix == ".txt":
             return cls.from_tileconfig(p, **options)
-        msg = (
-            f"cannot open {p}: supported inputs are a TileConfiguration*.txt file "
-            "or a folder holding one"
-        )
+        elif suffix == ".xml":
+            return cls.from_bigstitcher(p, **options)
+        elif suffix == ".nd2":
+            return cls.from_nd2(p, **options)
+        elif suffix in (".h5", ".hdf5") and "offsets" in options:
+            return cls.from_hdf5(p, **options)
+        elif suffix in (".h5", ".hdf5") and p.with_suffix(".xml").is_file():
+            return cls.from_bigstitcher(p.with_suffix(".xml"), **options)
+        msg = f"cannot open {p}: supported inputs are {SUPPORTED_INPUTS}"
         raise UnsupportedFormatError(msg)
 
     # -- sequence protocol --------------------------------------------------------------
@@ -882,6 +910,10 @@ def _parse_offsets(offsets: ArrayLike, n: int) -> NDArray[np.float64]:
         msg = "offsets must be finite"
         raise ValueError(msg)
     return offs
+
+
+def _is_zarr(p: Path) -> bool:
+    return p.is_dir() and any((p / f).exists() for f in ("zarr.json", ".zgroup", ".zattrs"))
 
 
 def _offsets_from(offsets: Any, n: int) -> NDArray[np.float64]:
