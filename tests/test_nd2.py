@@ -89,3 +89,14 @@ def test_corrupt_nd2(tmp_path):
     bad.write_bytes(b"\x00" * 4096)
     with pytest.raises(UnsupportedFormatError, match="broken.nd2"):
         Nd2Source(bad)
+
+
+def test_channel_selection(nd2_dir):
+    ts = Tileset.from_nd2(nd2_dir / "example-multichannel.nd2")
+    names = list(ts[0].channels)
+    sub = ts.select_channels([names[2], 0])
+    assert sub.n_channels == 2 and sub[0].channels == (names[2], names[0])
+    full = ts[0].read()
+    np.testing.assert_array_equal(sub[0].read(), full[[2, 0]])
+    with pytest.raises(KeyError, match="no channel 'GFP'"):
+        ts.select_channels(["GFP"])

@@ -14,7 +14,14 @@ import numpy as np
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
-__all__ = ["ArraySource", "DownscaledSource", "PixelSource", "full_region", "normalize_region"]
+__all__ = [
+    "ArraySource",
+    "ChannelSubset",
+    "DownscaledSource",
+    "PixelSource",
+    "full_region",
+    "normalize_region",
+]
 
 Region = tuple[slice, slice, slice]
 
@@ -170,3 +177,29 @@ class DownscaledSource:
             for r, f, n in zip(region, self.factors, full, strict=True)
         )
         return downsample(self.source.read(src), self.factors, "mean")
+
+
+class ChannelSubset:
+    """Some channels of a source, in a chosen order (reads all, keeps those)."""
+
+    def __init__(self, source: Any, channels: list[int]) -> None:
+        n = source.shape[0]
+        if not channels or any(not 0 <= c < n for c in channels):
+            msg = f"channel indices must be in [0, {n}); got {channels}"
+            raise IndexError(msg)
+        self.source, self.channels = source, list(channels)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """Shape ``(c, z, y, x)``."""
+        _, z, y, x = self.source.shape
+        return (len(self.channels), z, y, x)
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        """Pixel dtype."""
+        return np.dtype(self.source.dtype)
+
+    def read(self, region: Region) -> NDArray[Any]:
+        """Read a region of the selected channels."""
+        return self.source.read(region)[self.channels]

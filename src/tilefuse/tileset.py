@@ -555,6 +555,30 @@ class Tileset(Sequence[Tile]):
         lo, hi = self._boxes
         return lo.min(axis=0), hi.max(axis=0)
 
+    def select_channels(self, channels: Sequence[int | str]) -> Tileset:
+        """A tileset with only some channels (given by index or name), in that order."""
+        import dataclasses
+
+        from tilefuse.source import ChannelSubset
+
+        names = list(self._tiles[0].channels)
+        idx = []
+        for c in channels:
+            if isinstance(c, str):
+                if c not in names:
+                    msg = f"no channel {c!r}; channels are {names}"
+                    raise KeyError(msg)
+                idx.append(names.index(c))
+            else:
+                idx.append(int(c))
+        tiles = [
+            dataclasses.replace(
+                t, source=ChannelSubset(t.source, idx), channels=tuple(t.channels[i] for i in idx)
+            )
+            for t in self._tiles
+        ]
+        return Tileset(tiles, self.voxel_size)
+
     def downscale(self, factors: Any, method: Literal["mean", "stride"] = "mean") -> Tileset:
         """Every tile read at lower resolution; voxel size and positions stay consistent.
 
