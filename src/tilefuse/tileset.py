@@ -382,6 +382,51 @@ class Tileset(Sequence[Tile]):
         return cls([image_tile(p, level, timepoint, i) for i, p in enumerate(images)])
 
     @classmethod
+    def from_bigstitcher(
+        cls,
+        xml: str | os.PathLike[str],
+        *,
+        timepoint: int | None = None,
+        angle: int | None = None,
+        world_unit_um: float | None = None,
+    ) -> Tileset:
+        """Tiles from a BigStitcher / BigDataViewer project (SpimData XML).
+
+        Views sharing a ``tile`` attribute are the channels of one tile.
+        Positions are the composed ViewRegistrations in micrometres. Pixels are
+        read lazily through the XML's image loader (``bdv.hdf5``); a project
+        whose images are absent or in another format still opens, and only
+        reading pixels raises an error naming the image.
+
+        Parameters
+        ----------
+        xml : str or PathLike
+            The project file.
+        timepoint : int, optional
+            Default: the first timepoint.
+        angle : int, optional
+            Needed when a timepoint has views from several angles.
+        world_unit_um : float, optional
+            Micrometres per world unit, when it cannot be inferred from the
+            calibration transform.
+        """
+        from tilefuse.io.project import tileset_from_spimdata
+
+        return tileset_from_spimdata(
+            xml, timepoint=timepoint, angle=angle, world_unit_um=world_unit_um
+        )
+
+    def to_bdv(self, path: str | os.PathLike[str], **options: Any) -> tuple[Path, Path]:
+        """Export each tile as its own BigDataViewer setup (for BigStitcher): HDF5 + XML.
+
+        Tiles become setups with tile (and channel) attributes; positions are
+        written as their registration. Returns the ``.h5`` and ``.xml`` paths.
+        """
+        from tilefuse.io.project import tileset_to_bdv
+
+        return tileset_to_bdv(self, path, **options)
+
+    @classmethod
     def from_tileconfig(
         cls,
         path: str | os.PathLike[str],

@@ -1,0 +1,176 @@
+"""Tilesets from BigStitcher / BigDataViewer projects (SpimData XML), and back.
+
+A project's views become tiles: views that share a ``tile`` attribute (its
+channels and illuminations) are the channels of one `Tile`. Positions come
+from the composed ViewRegistrations, converted to (z, y, x) micrometres
+(`tilefuse.io.spimdata`). Pixels are read lazily through the XML's image
+loader when tilefuse can read it (``bdv.hdf5`` now); otherwise the project
+still opens (shapes, channels and positions are known) and only reading
+pixels raises an error naming the missing or unsupported image.
+
+BigDataViewer's affine maps a voxel index to the world position of that
+voxel; tilefuse uses the same matrix as the voxel's placement (``[i, i+1)``
+per voxel), which shifts every tile by the same half voxel and leaves all
+relative positions unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from tilefuse.errors import MissingTileError, UnsupportedFormatError
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
+
+    from tilefuse.source import Region
+    from tilefuse.tileset import Tileset
+
+__all__ = ["UnreadableSource", "tileset_from_spimdata", "tileset_to_bdv"]
+
+
+class UnreadableSource:
+    """Shape and dtype of a view whose pixels tilefuse cannot reach; reading raises."""
+
+    def __init__(self, shape: tuple[int, int, int, int], dtype: Any, reason: str) -> None:
+        self._shape, self._dtype, self.reason = shape, np.dtype(dtype), reason
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """Shape ``(c, z, y, x)``."""
+        return self._shape
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        """Assumed pixel dtype (BigDataViewer's default, uint16)."""
+        return self._dtype
+
+    def read(self, region: Region) -> NDArray[Any]:
+        """Raise: the pixels are not available."""
+        raise MissingTileError(self.reason)
+
+
+def tileset_from_spimdata(
+    xml: str | os.PathLike[str],
+    *,
+    timepoint: int | None = None,
+    angle: int | None = None,
+    world_unit_um: float | None = None,
+) -> Tileset:
+    """Build a `Tileset` from a SpimData XML; see `tilefuse.Tileset.from_bigstitcher`."""
+    from tilefuse.io.spimdata import read_spimdata
+    from tilefuse.tile import Tile
+    from tilefuse.tileset import Tileset
+
+    sd = read_spimdata(xml)
+    tp = sd.timepoints[0] if timepoint is None else timepoint
+    groups = sd.tiles(tp, angle=angle)
+    if not groups:
+        msg = f"{sd.path}: no views at timepoint {tp}"
+        raise UnsupportedFormatError(msg)
+    loader = sd.image_loader
+    tiles = []
+    for k, (tile_id, setups) in enumerate(sorted(groups.items())):
+        first = sd.setups[setups[0]]
+        if first.size_zyx is None:
+            msg = f"{sd.path}: ViewSetup {first.id} has no <size>"
+            raise UnsupportedFormatError(msg)
+        source = _source(sd, loader, setups, tp, first.size_zyx)
+        names = tuple(_channel_name(sd, s) for s in setups)
+        tiles.append(
+            Tile(
+                source,
+                sd.placement_zyx(tp, setups[0], world_unit_um=world_unit_um),
+                name=first.name or f"tile {tile_id}",
+                index=k,
+                channels=tuple(str(n) for n in names) if len(set(names)) == len(names) else (),
+                metadata={
+                    "xml": str(sd.path),
+                    "tile": tile_id,
+                    "setups": list(setups),
+                    "timepoint": tp,
+                },
+            )
+        )
+    return Tileset(tiles)
+
+
+def _channel_name(sd: Any, setup: int) -> str:
+    """``channel <name>``, plus ``illumination <name>`` when the project has several."""
+    vs = sd.setups[setup]
+
+    def name(attr: str) -> str:
+        entity = sd.attributes.get(attr, {}).get(vs.attribute(attr), {})
+        return str(entity.get("name", vs.attribute(attr)))
+
+    text = f"channel {name('channel')}"
+    if len(sd.attributes.get("illumination", {})) > 1:
+        text += f" illumination {name('illumination')}"
+    return text
+
+
+def _source(sd: Any, loader: Any, setups: list[int], tp: int, size_zyx: tuple[int, ...]) -> Any:
+    shape = (len(setups), *size_zyx)
+    if loader is None:
+        return UnreadableSource(shape, np.uint16, f"{sd.path}: the project has no <ImageLoader>")
+    if loader.format == "bdv.hdf5" and isinstance(loader.path, Path):
+        if loader.path.is_file():
+            from tilefuse.io.bdv_read import BdvSource
+
+            return BdvSource(loader.path, setups, timepoint=tp)
+        return UnreadableSource(
+            shape, np.uint16, f"{sd.path}: image file {loader.path} (bdv.hdf5) not found"
+        )
+    where = loader.path if loader.path is not None else "(per-view files)"
+    return UnreadableSource(
+        shape,
+        np.uint16,
+        f"{sd.path}: tilefuse cannot read image loader {loader.format!r} yet ({where})",
+    )
+
+
+def tileset_to_bdv(
+    tileset: Tileset, path: str | os.PathLike[str], **options: Any
+) -> tuple[Path, Path]:
+    """Export every tile as its own BDV setup (tile attribute, position as registration).
+
+    Channels of a tile become setups with a channel attribute. Tiles must be
+    axis-aligned. ``options`` go to `tilefuse.io.bdv.write_bdv`.
+    """
+    from tilefuse.io.bdv import BdvView, write_bdv
+
+    views = []
+    for t in tileset:
+        if not t.is_translation:
+            msg = f"tile {t.name!r} is rotated; BDV export writes axis-aligned tiles only"
+            raise ValueError(msg)
+        vs = tuple(float(v) for v in t.voxel_size)
+        off = tuple(float(v) for v in t.offset)
+        for c in range(t.n_channels):
+            views.append(
+                BdvView(
+                    _TileChannel(t, c),
+                    vs,
+                    off,
+                    name=f"{t.name} {t.channels[c]}",  # type: ignore[arg-type]
+                    channel=c,
+                    tile=t.index,
+                )
+            )
+    return write_bdv(path, views, **options)
+
+
+class _TileChannel:
+    """One channel of a tile as a sliceable (z, y, x) array."""
+
+    def __init__(self, tile: Any, channel: int) -> None:
+        self.tile, self.channel = tile, channel
+        self.shape, self.dtype = tile.shape, tile.dtype
+
+    def __getitem__(self, index: Any) -> NDArray[Any]:
+        region = index[1:] if index and index[0] is Ellipsis else index
+        return self.tile.read(region, channel=self.channel)
