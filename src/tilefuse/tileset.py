@@ -426,6 +426,44 @@ class Tileset(Sequence[Tile]):
 
         return tileset_to_bdv(self, path, **options)
 
+    def to_bigstitcher_xml(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        image_path: str | os.PathLike[str] | None = None,
+        name: str = "tilefuse registration",
+        overwrite: bool = False,
+    ) -> Path:
+        """Write the tiles' placements as BigStitcher XML.
+
+        For tiles read with `from_bigstitcher`, the original project is copied
+        with everything in it kept (StitchingResults, interest points, unknown
+        elements, prior transforms), and each moved tile gets one new
+        translation ``<ViewTransform>`` named ``name`` at the top of its
+        views' lists. Other tilesets get a new project whose image loader is
+        the BDV file ``image_path`` (as written by `to_bdv`).
+        """
+        from tilefuse.io.project import tileset_to_xml
+
+        return tileset_to_xml(self, path, image_path=image_path, name=name, overwrite=overwrite)
+
+    def load_positions(
+        self, xml: str | os.PathLike[str], *, timepoint: int | None = None
+    ) -> Tileset:
+        """A copy with placements from a BigStitcher XML (e.g. after registering in Fiji).
+
+        Tiles are matched by their project tile id when they came from a
+        project, otherwise in order; counts and shapes must agree.
+
+        Raises
+        ------
+        IncompatibleTilesError
+            If the project's tiles do not correspond to these.
+        """
+        from tilefuse.io.project import load_positions
+
+        return load_positions(self, xml, timepoint=timepoint)
+
     @classmethod
     def from_tileconfig(
         cls,

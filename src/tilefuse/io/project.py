@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tilefuse.errors import MissingTileError, UnsupportedFormatError
+from tilefuse.errors import MissingTileError, OutputExistsError, UnsupportedFormatError
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -30,7 +30,13 @@ if TYPE_CHECKING:
     from tilefuse.source import Region
     from tilefuse.tileset import Tileset
 
-__all__ = ["UnreadableSource", "tileset_from_spimdata", "tileset_to_bdv"]
+__all__ = [
+    "UnreadableSource",
+    "load_positions",
+    "tileset_from_spimdata",
+    "tileset_to_bdv",
+    "tileset_to_xml",
+]
 
 
 class UnreadableSource:
@@ -141,7 +147,14 @@ def tileset_to_bdv(
     Channels of a tile become setups with a channel attribute. Tiles must be
     axis-aligned. ``options`` go to `tilefuse.io.bdv.write_bdv`.
     """
-    from tilefuse.io.bdv import BdvView, write_bdv
+    from tilefuse.io.bdv import write_bdv
+
+    return write_bdv(path, _tile_views(tileset), **options)
+
+
+def _tile_views(tileset: Tileset) -> list[Any]:
+    """One BDV view per tile and channel (setup ids in that order)."""
+    from tilefuse.io.bdv import BdvView
 
     views = []
     for t in tileset:
@@ -154,14 +167,94 @@ def tileset_to_bdv(
             views.append(
                 BdvView(
                     _TileChannel(t, c),
-                    vs,
-                    off,
-                    name=f"{t.name} {t.channels[c]}",  # type: ignore[arg-type]
+                    vs,  # type: ignore[arg-type]
+                    off,  # type: ignore[arg-type]
+                    name=f"{t.name} {t.channels[c]}",
                     channel=c,
                     tile=t.index,
                 )
             )
-    return write_bdv(path, views, **options)
+    return views
+
+
+def tileset_to_xml(
+    tileset: Tileset,
+    path: str | os.PathLike[str],
+    *,
+    image_path: str | os.PathLike[str] | None = None,
+    name: str = "tilefuse registration",
+    overwrite: bool = False,
+) -> Path:
+    """Write a tileset's placements as BigStitcher XML; see `Tileset.to_bigstitcher_xml`."""
+    from tilefuse.io.spimdata import read_spimdata
+    from tilefuse.io.spimdata_write import translation_xyz, write_spimdata
+
+    path = Path(path)
+    sources = {t.metadata.get("xml") for t in tileset}
+    if len(sources) == 1 and None not in sources and all("setups" in t.metadata for t in tileset):
+        sd = read_spimdata(sources.pop())  # a round trip of the project the tiles came from
+        added: dict[tuple[int, int], tuple[str, Any]] = {}
+        for t in tileset:
+            tp, setups = t.metadata["timepoint"], t.metadata["setups"]
+            before = sd.placement_zyx(tp, setups[0])
+            if not np.allclose(before[:3, :3], t.affine[:3, :3], rtol=1e-9, atol=1e-12):
+                msg = f"tile {t.name!r}: only translations can be written back as a transform"
+                raise ValueError(msg)
+            delta_um = t.offset - before[:3, 3]
+            if np.any(np.abs(delta_um) > 1e-12):
+                delta_world = delta_um / sd.world_unit_um(tp, setups[0])
+                for s in setups:
+                    added[(tp, s)] = (name, translation_xyz(delta_world))
+        return write_spimdata(sd, path, add_transforms=added, overwrite=overwrite)
+    if image_path is None:
+        msg = (
+            "these tiles do not come from a BigStitcher project: pass image_path= (the BDV "
+            ".h5 the XML should load), or write both with Tileset.to_bdv"
+        )
+        raise ValueError(msg)
+    if path.exists() and not overwrite:
+        msg = f"output exists: {path}"
+        raise OutputExistsError(msg)
+    from tilefuse.io.bdv import _write_xml
+
+    rel = os.path.relpath(Path(image_path).resolve(), path.parent.resolve())
+    _write_xml(path, rel, _tile_views(tileset))
+    return path
+
+
+def load_positions(
+    tileset: Tileset, xml: str | os.PathLike[str], *, timepoint: int | None = None
+) -> Tileset:
+    """Placements from a project for an existing tileset; see `Tileset.load_positions`."""
+    import dataclasses
+
+    from tilefuse.errors import IncompatibleTilesError
+    from tilefuse.io.spimdata import read_spimdata
+    from tilefuse.tileset import Tileset
+
+    sd = read_spimdata(xml)
+    tp = sd.timepoints[0] if timepoint is None else timepoint
+    groups = sd.tiles(tp)
+    ids = sorted(groups)
+    by_id = all("tile" in t.metadata for t in tileset)
+    if not by_id and len(ids) != len(tileset):
+        msg = f"{sd.path}: {len(ids)} tiles in the project, {len(tileset)} in this tileset"
+        raise IncompatibleTilesError(msg)
+    tiles = []
+    for k, t in enumerate(tileset):
+        tid = t.metadata["tile"] if by_id else ids[k]
+        if tid not in groups:
+            msg = f"{sd.path}: no tile {tid} (for tile {t.name!r}); tiles are {ids}"
+            raise IncompatibleTilesError(msg)
+        setup = sd.setups[groups[tid][0]]
+        if setup.size_zyx is not None and tuple(setup.size_zyx) != tuple(t.shape):
+            msg = (
+                f"{sd.path}: tile {tid} is {setup.size_zyx} (z, y, x) but tile {t.name!r} "
+                f"is {t.shape}: the tiles do not correspond"
+            )
+            raise IncompatibleTilesError(msg)
+        tiles.append(dataclasses.replace(t, affine=sd.placement_zyx(tp, groups[tid][0])))
+    return Tileset(tiles, tileset.voxel_size)
 
 
 class _TileChannel:

@@ -337,15 +337,8 @@ class SpimData:
             files) or a transform has no matrix (generic Java class, empty <affine>).
         """
         model = np.eye(4)
-        for t in self._transforms(timepoint, setup):
-            if t.affine is None:
-                problem = "an empty <affine>" if t.type == "affine" else f"class {t.java_class!r}"
-                msg = (
-                    f"{self.path}: view (timepoint {timepoint}, setup {setup}): "
-                    f"<ViewTransform> {t.name!r} has {problem}, expected 12 numbers"
-                )
-                raise UnsupportedFormatError(msg)
-            model = model @ t.matrix_xyz()
+        for m in self._matrices(timepoint, setup):
+            model = model @ m
         return model
 
     def affine_zyx(self, timepoint: int, setup: int) -> NDArray[np.float64]:
@@ -382,7 +375,8 @@ class SpimData:
         if vs is None:
             msg = f"{where}: no <voxelSize>, so the world unit is unknown; pass world_unit_um="
             raise UnsupportedFormatError(msg)
-        first = transforms[-1].matrix_xyz() if transforms else np.eye(4)
+        matrices = self._matrices(timepoint, setup)
+        first = matrices[-1] if matrices else np.eye(4)
         unit = _unit_from_calibration(first, np.asarray(vs[::-1], dtype=np.float64))
         if unit is None:
             name = transforms[-1].name if transforms else "identity"
@@ -437,6 +431,20 @@ class SpimData:
             raise KeyError(msg)
         return timepoint
 
+    def _matrices(self, timepoint: int, setup: int) -> list[NDArray[np.float64]]:
+        """The view's 4x4 XYZ matrices in document order (errors name the file)."""
+        out = []
+        for t in self._transforms(timepoint, setup):
+            if t.affine is None:
+                problem = "an empty <affine>" if t.type == "affine" else f"class {t.java_class!r}"
+                msg = (
+                    f"{self.path}: view (timepoint {timepoint}, setup {setup}): "
+                    f"<ViewTransform> {t.name!r} has {problem}, expected 12 numbers"
+                )
+                raise UnsupportedFormatError(msg)
+            out.append(t.matrix_xyz())
+        return out
+
     def _transforms(self, timepoint: int, setup: int) -> list[ViewTransform]:
         key = (timepoint, setup)
         if key in self.registrations:
@@ -461,7 +469,8 @@ def _unit_from_calibration(
     """World unit implied by a diagonal first transform, or None if it is not a calibration."""
     lin = first[:3, :3]
     diag = np.diag(lin)
-    if np.any(lin - np.diag(diag)) or np.any(diag <= 0) or np.any(voxel_xyz <= 0):
+    finite = np.all(np.isfinite(lin)) and np.all(np.isfinite(voxel_xyz))
+    if not finite or np.any(lin - np.diag(diag)) or np.any(diag <= 0) or np.any(voxel_xyz <= 0):
         return None
     units = voxel_xyz / diag
     mid = float(np.median(units))
@@ -619,28 +628,24 @@ def _int(text: str | None, el: Any, what: str, ctx: _Ctx) -> int:
     return int(s)
 
 
-def _numbers(el: Any, what: str, n: int, ctx: _Ctx) -> list[str]:
+def _tokens(el: Any, what: str, n: int, pattern: re.Pattern[str], ctx: _Ctx) -> list[str]:
+    """Whitespace-separated tokens, ``n`` of them, each matching ``pattern``."""
     text = _text(el)
     if text[:1].isspace():
         ctx.leading_ws += 1
     tokens = text.split()
-    if len(tokens) != n:
-        raise ctx.error(el, what, f"{n} numbers", text.strip())
+    if len(tokens) != n or not all(pattern.fullmatch(t) for t in tokens):
+        kind = "integers" if pattern is _INTEGER else "numbers (Java doubles)"
+        raise ctx.error(el, what, f"{n} {kind}", text.strip())
     return tokens
 
 
 def _floats(el: Any, what: str, n: int, ctx: _Ctx) -> tuple[float, ...]:
-    tokens = _numbers(el, what, n, ctx)
-    if not all(_NUMBER.fullmatch(t) for t in tokens):
-        raise ctx.error(el, what, f"{n} numbers", " ".join(tokens))
-    return tuple(float(t) for t in tokens)
+    return tuple(float(t) for t in _tokens(el, what, n, _NUMBER, ctx))
 
 
 def _ints(el: Any, what: str, n: int, ctx: _Ctx) -> tuple[int, ...]:
-    tokens = _numbers(el, what, n, ctx)
-    if not all(_INTEGER.fullmatch(t) for t in tokens):
-        raise ctx.error(el, what, f"{n} integers", " ".join(tokens))
-    return tuple(int(t) for t in tokens)
+    return tuple(int(t) for t in _tokens(el, what, n, _INTEGER, ctx))
 
 
 def _zyx(values: Sequence[Any]) -> tuple[Any, Any, Any]:
