@@ -151,3 +151,26 @@ def test_dedup_command(demo, tmp_path, capsys):
     # labels exist now: refused without --overwrite
     assert main(args) == 2
     assert main([*args, "--overwrite"]) == 0
+
+
+def test_export_bdv_per_tile_and_fused(demo, tmp_path, capsys):
+    from tilefuse import Tileset
+
+    assert main(["export-bdv", str(demo.folder), "-o", str(tmp_path / "tiles.h5")]) == 0
+    back = Tileset.open(tmp_path / "tiles.xml")
+    assert len(back) == 9
+    np.testing.assert_array_equal(back.fuse(), demo.volume)
+    args = [
+        "export-bdv",
+        str(demo.folder),
+        "-o",
+        str(tmp_path / "fused.h5"),
+        "--fused",
+        "--no-progress",
+    ]
+    assert main(args) == 0
+    fused = Tileset.open(tmp_path / "fused.xml")
+    assert len(fused) == 1
+    np.testing.assert_array_equal(fused[0].read(), demo.volume)
+    assert not list(tmp_path.glob("tilefuse-export-*"))  # the scratch store is gone
+    assert main(args) == 2  # exists: refused

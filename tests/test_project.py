@@ -52,3 +52,36 @@ def test_per_tile_bdv_export_round_trip(tmp_path):
     for a, b in zip(back, ts, strict=True):
         np.testing.assert_array_equal(a.read(), b.read())
     np.testing.assert_array_equal(back.fuse(), vol)
+
+
+def test_bad_project_input(tmp_path):
+    from tilefuse.errors import UnsupportedFormatError
+    from tilefuse.io.bdv import BdvView, write_bdv
+    from tilefuse.io.bdv_read import BdvFile
+
+    h5, xml = write_bdv(tmp_path / "a.h5", [BdvView(np.ones((4, 64, 64), np.uint16), (1, 1, 1))])
+    text = xml.read_text()
+    # an affine with 11 numbers
+    (tmp_path / "eleven.xml").write_text(text.replace("<affine>1.0 0.0 0.0", "<affine>0.0 0.0", 1))
+    with pytest.raises(
+        UnsupportedFormatError, match=r"eleven.xml: <ViewTransform><affine>.*12 numbers"
+    ):
+        Tileset.from_bigstitcher(tmp_path / "eleven.xml")
+    # a registration for a setup that does not exist (and none for the one that does)
+    (tmp_path / "orphan.xml").write_text(text.replace('setup="0"', 'setup="7"'))
+    with pytest.raises(UnsupportedFormatError, match=r"orphan.xml: no <ViewRegistration"):
+        Tileset.from_bigstitcher(tmp_path / "orphan.xml")
+    # malformed XML
+    (tmp_path / "broken.xml").write_text(text[: len(text) // 2])
+    with pytest.raises(UnsupportedFormatError, match="broken.xml"):
+        Tileset.from_bigstitcher(tmp_path / "broken.xml")
+    # a missing .h5: the project opens, reading pixels names the file
+    h5.rename(tmp_path / "elsewhere.h5")
+    ts = Tileset.from_bigstitcher(xml)
+    with pytest.raises(MissingTileError, match="a.h5"):
+        ts[0].read()
+    # a truncated HDF5 file
+    data = (tmp_path / "elsewhere.h5").read_bytes()
+    (tmp_path / "cut.h5").write_bytes(data[: len(data) // 2])
+    with pytest.raises(UnsupportedFormatError, match="cut.h5"):
+        BdvFile(tmp_path / "cut.h5").read(0, 0)

@@ -132,6 +132,35 @@ def cmd_dedup(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_bdv(args: argparse.Namespace) -> int:
+    """Export tiles (for BigStitcher) or the fused volume as BigDataViewer HDF5 + XML."""
+    import shutil
+    import tempfile
+
+    ts = _open(args)
+    out = Path(args.output)
+    opts = {"levels": args.levels, "overwrite": args.overwrite}
+    if not args.fused:
+        h5, xml = ts.to_bdv(out, **opts)
+        _out(f"{len(ts)} tiles -> {h5} + {xml} (open the XML in BigStitcher)")
+        return 0
+    scratch = Path(
+        tempfile.mkdtemp(prefix="tilefuse-export-", dir=out.parent if out.parent.exists() else None)
+    )
+    try:
+        group = ts.fuse(
+            scratch / "fused.ome.zarr",
+            blend=args.blend,
+            workers=args.workers,
+            progress=not args.no_progress,
+        )
+        h5, xml = group.to_bdv(out, **opts)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    _out(f"fused {tuple(group[0].shape)} -> {h5} + {xml} (open the XML in BigDataViewer)")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Generate the synthetic mosaic and stitch it."""
     from tilefuse.demo import write_demo
@@ -251,6 +280,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--overwrite", action="store_true")
     sp.add_argument("--no-progress", action="store_true")
     sp.set_defaults(func=cmd_dedup)
+
+    sp = sub.add_parser("export-bdv", help="write BigDataViewer HDF5 + XML (per tile, or fused)")
+    add_input(sp)
+    sp.add_argument("-o", "--output", required=True, help="output .h5 (the .xml goes beside it)")
+    sp.add_argument("--fused", action="store_true", help="export the fused volume, not the tiles")
+    sp.add_argument("--blend", default="linear", choices=["linear", "overwrite", "max", "mean"])
+    sp.add_argument("--levels", type=int, default=None, help="max pyramid levels (default: BDV's)")
+    sp.add_argument("--workers", type=int, default=None)
+    sp.add_argument("--overwrite", action="store_true")
+    sp.add_argument("--no-progress", action="store_true")
+    sp.set_defaults(func=cmd_export_bdv)
 
     sp = sub.add_parser("demo", help="generate a synthetic mosaic and stitch it")
     sp.add_argument("folder", help="output folder")
