@@ -145,3 +145,37 @@ def test_fused_labels_to_bdv(tmp_path):
         for lvl in range(1, len(f["s00/resolutions"])):
             ids = set(np.unique(f[f"t00000/s00/{lvl}/cells"][...]))
             assert ids <= set(np.unique(lab0))  # mode pyramid invents no labels
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+@pytest.mark.parametrize("levels", [1, 3])
+def test_per_tile_export_read_by_npy2bdv_pybdv_h5py(tmp_path, dtype, levels):
+    npy2bdv = pytest.importorskip("npy2bdv")
+    pybdv_metadata = pytest.importorskip("pybdv.metadata")
+    from tilefuse import Tileset
+    from tilefuse.synthetic import cut_tiles
+
+    vol, _ = make_volume((8, 560, 600), seed=6, dtype=dtype)  # tiles > 256: BDV proposes 2 levels
+    m = cut_tiles(vol, (2, 2), overlap=0.2)
+    ts = Tileset.from_arrays(m.tiles, m.offsets_px * [2.0, 0.5, 0.5], voxel_size=(2.0, 0.5, 0.5))
+    h5, xml = ts.to_bdv(tmp_path / "tiles.h5", levels=levels, chunks=(8, 64, 64))
+    editor = npy2bdv.BdvEditor(str(h5), mode="r")
+    for i, tile in enumerate(m.tiles):
+        got = editor.read_view(tile=i)
+        np.testing.assert_array_equal(
+            got.astype(np.int64) % 65536 if dtype == np.uint16 else got, tile
+        )
+        off = pybdv_metadata.get_affine(str(xml), setup_id=i)
+        np.testing.assert_allclose(
+            np.asarray(next(iter(off.values())))[[3, 7, 11]],
+            (m.offsets_px[i] * [2.0, 0.5, 0.5])[::-1],
+        )
+    with h5py.File(h5, "r") as f:
+        assert len(f["s00/resolutions"]) == (1 if levels == 1 else 2)
+        assert f["t00000/s00/0/cells"].chunks == (8, 64, 64)
+        np.testing.assert_array_equal(f["s00/subdivisions"][0], [64, 64, 8])
+        if levels > 1:
+            rel = tuple(int(r) for r in f["s00/resolutions"][1][::-1])
+            lvl1 = f["t00000/s00/1/cells"][...]
+            want = downsample(m.tiles[0], rel)
+            np.testing.assert_array_equal(lvl1.view(dtype) if dtype == np.uint16 else lvl1, want)

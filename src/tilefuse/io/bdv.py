@@ -146,6 +146,7 @@ def write_bdv(
     views: Sequence[BdvView],
     *,
     levels: int | None = None,
+    chunks: tuple[int, int, int] | None = None,
     block: tuple[int, int, int] = (64, 512, 512),
     compression: Literal["gzip", "none"] = "gzip",
     overwrite: bool = False,
@@ -160,6 +161,10 @@ def write_bdv(
         One setup each (setup ids 0, 1, ...), all at timepoint 0.
     levels : int, optional
         Cap on the number of pyramid levels (default: all BDV proposes).
+    chunks : tuple of 3 ints, optional
+        HDF5 chunk (z, y, x) for every level (written as ``subdivisions``);
+        default: BigDataViewer's proposal (power-of-two blocks of <= 4096
+        voxels, best for viewing; larger chunks write faster).
     block : tuple of 3 ints
         Work block (z, y, x): memory is about one block.
     compression : {"gzip", "none"}
@@ -197,7 +202,7 @@ def write_bdv(
     try:
         with h5py.File(tmp, "w") as f:
             for setup, view in enumerate(views):
-                geometry.append(_write_setup(f, setup, view, levels, block, compression))
+                geometry.append(_write_setup(f, setup, view, levels, chunks, block, compression))
         os.replace(tmp, h5)
     finally:
         tmp.unlink(missing_ok=True)
@@ -210,6 +215,7 @@ def _write_setup(
     setup: int,
     view: BdvView,
     levels: int | None,
+    chunks_zyx: tuple[int, int, int] | None,
     block: tuple[int, int, int],
     compression: str,
 ) -> list[list[int]]:
@@ -222,6 +228,8 @@ def _write_setup(
         sub = [[s[0], s[1], 1] for s in sub]
     if levels is not None:
         res, sub = res[:levels], sub[:levels]
+    if chunks_zyx is not None:
+        sub = [list(chunks_zyx[::-1]) for _ in sub]
     g = f.create_group(f"s{setup:02d}")
     g.create_dataset("resolutions", data=np.asarray(res, dtype=np.float64))
     g.create_dataset("subdivisions", data=np.asarray(sub, dtype=np.int32))
