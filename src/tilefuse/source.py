@@ -7,6 +7,7 @@ picklable (by path for files) so that they travel to dask workers.
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ArraySource",
     "ChannelSubset",
+    "FileHandleMixin",
     "DownscaledSource",
     "PixelSource",
     "full_region",
@@ -203,3 +205,42 @@ class ChannelSubset:
     def read(self, region: Region) -> NDArray[Any]:
         """Read a region of the selected channels."""
         return self.source.read(region)[self.channels]
+
+
+class FileHandleMixin:
+    """Lifecycle of a source that keeps one reopenable file handle.
+
+    Subclasses call `_init_handle()` in ``__init__`` and get the open handle
+    from `_handle()` inside ``with self._lock`` (file libraries such as h5py
+    are not thread-safe). The handle is dropped when pickling (the source
+    travels to dask workers by path) and reopened on the next read.
+    """
+
+    _lock: threading.Lock
+    _file: Any
+
+    def _init_handle(self) -> None:
+        self._lock, self._file = threading.Lock(), None
+
+    def _open_file(self) -> Any:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _handle(self) -> Any:
+        """The open file (call with the lock held)."""
+        if self._file is None:
+            self._file = self._open_file()
+        return self._file
+
+    def close(self) -> None:
+        """Close the file (it reopens on the next read)."""
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_file")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._init_handle()

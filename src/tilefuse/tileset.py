@@ -180,25 +180,7 @@ class Tileset(Sequence[Tile]):
         from tilefuse.io.tiff import TiffSource
 
         offs = _parse_offsets(offsets, len(files))
-        tiles = []
-        for f, o in zip(files, offs, strict=True):
-            try:
-                src = TiffSource(f)
-            except MissingTileError:
-                if not skip_missing:
-                    raise
-                logger.warning("skipping missing tile %s", f)
-                continue
-            tiles.append(
-                Tile(
-                    src,
-                    affine_from_offset(voxel_size, o),
-                    name=Path(f).name,
-                    index=len(tiles),
-                    metadata={"path": str(f)},
-                )
-            )
-        return cls(tiles, voxel_size)
+        return cls(_file_tiles(files, offs, voxel_size, TiffSource, skip_missing), voxel_size)
 
     @classmethod
     def from_jp2(
@@ -230,25 +212,10 @@ class Tileset(Sequence[Tile]):
         from tilefuse.io.jp2 import Jp2Source
 
         offs = _offsets_from(offsets, len(files))
-        tiles = []
-        for f, o in zip(files, offs, strict=True):
-            try:
-                src = Jp2Source(f, components)
-            except MissingTileError:
-                if not skip_missing:
-                    raise
-                logger.warning("skipping missing tile %s", f)
-                continue
-            tiles.append(
-                Tile(
-                    src,
-                    affine_from_offset(voxel_size, o),
-                    name=Path(f).name,
-                    index=len(tiles),
-                    metadata={"path": str(f)},
-                )
-            )
-        return cls(tiles, voxel_size)
+        return cls(
+            _file_tiles(files, offs, voxel_size, lambda f: Jp2Source(f, components), skip_missing),
+            voxel_size,
+        )
 
     @classmethod
     def from_hdf5(
@@ -1017,6 +984,35 @@ def _parse_offsets(offsets: ArrayLike, n: int) -> NDArray[np.float64]:
         msg = "offsets must be finite"
         raise ValueError(msg)
     return offs
+
+
+def _file_tiles(
+    files: Sequence[str | os.PathLike[str]],
+    offsets: NDArray[np.float64],
+    voxel_size: ArrayLike,
+    make_source: Any,
+    skip_missing: bool,
+) -> list[Tile]:
+    """One tile per file (absent files skipped with a warning when asked)."""
+    tiles = []
+    for f, o in zip(files, offsets, strict=True):
+        try:
+            src = make_source(f)
+        except MissingTileError:
+            if not skip_missing:
+                raise
+            logger.warning("skipping missing tile %s", f)
+            continue
+        tiles.append(
+            Tile(
+                src,
+                affine_from_offset(voxel_size, o),
+                name=Path(f).name,
+                index=len(tiles),
+                metadata={"path": str(f)},
+            )
+        )
+    return tiles
 
 
 def _is_zarr(p: Path) -> bool:

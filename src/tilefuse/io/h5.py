@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from tilefuse.errors import MissingTileError, UnsupportedFormatError
+from tilefuse.source import FileHandleMixin
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -57,7 +57,7 @@ def list_datasets(path: str | os.PathLike[str]) -> list[str]:
     return list(natural_sorted(names))
 
 
-class H5Source:
+class H5Source(FileHandleMixin):
     """Lazy pixel source over one HDF5 dataset ``(y, x)`` or ``(z, y, x)``; picklable by path."""
 
     def __init__(self, path: str | os.PathLike[str], dataset: str) -> None:
@@ -74,8 +74,7 @@ class H5Source:
             self._shape = (1, int(shape[0]), int(shape[1]), int(shape[2]))
             self._dtype = np.dtype(ds.dtype)
             self._ndim = ds.ndim
-        self._lock = threading.Lock()
-        self._file: Any = None
+        self._init_handle()
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -90,25 +89,12 @@ class H5Source:
     def read(self, region: Region) -> NDArray[Any]:
         """Read ``(c, z, y, x)`` pixels of a region (only the chunks it touches)."""
         with self._lock:  # h5py is not thread-safe
-            if self._file is None:
-                self._file = _open(self.path)
-            ds = self._file[self.dataset]
+            ds = self._handle()[self.dataset]
             data = ds[region[1:]][None] if self._ndim == 2 else ds[region]
         return np.asarray(data)[None]
 
-    def close(self) -> None:
-        """Close the file (it reopens on the next read)."""
-        with self._lock:
-            if self._file is not None:
-                self._file.close()
-                self._file = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_file")}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._lock, self._file = threading.Lock(), None
+    def _open_file(self) -> Any:
+        return _open(self.path)
 
     def __repr__(self) -> str:
         return f"H5Source({str(self.path)!r}, {self.dataset!r}, shape={self.shape})"

@@ -16,7 +16,6 @@ side in a preview, pass ``stage_signs=(1, 1, 1)`` (or flip y with
 from __future__ import annotations
 
 import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tilefuse.errors import MissingTileError, UnsupportedFormatError
+from tilefuse.source import FileHandleMixin
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -91,7 +91,7 @@ def nd2_positions(path: str | os.PathLike[str], timepoint: int = 0) -> list[Nd2P
     return out
 
 
-class Nd2Source:
+class Nd2Source(FileHandleMixin):
     """Lazy pixel source: one position and timepoint of an ND2 file, ``(c, z, y, x)``.
 
     Thread-safe (a lock around the file) and picklable by path.
@@ -119,8 +119,7 @@ class Nd2Source:
             self.channel_names = [c.channel.name for c in f.metadata.channels]
             vs = f.voxel_size()
             self.voxel_size_zyx = (float(vs.z), float(vs.y), float(vs.x))
-        self._lock = threading.Lock()
-        self._file: Any = None
+        self._init_handle()
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -145,27 +144,15 @@ class Nd2Source:
             dtype=self._dtype,
         )
         with self._lock:
-            if self._file is None:
-                self._file = _open(self.path)
+            f = self._handle()
             for k, z in enumerate(zs):
-                frame = np.asarray(self._file.read_frame(self._frames[z]))
+                frame = np.asarray(f.read_frame(self._frames[z]))
                 frame = frame.reshape(self._shape[0], self._shape[2], self._shape[3])
                 out[:, k] = frame[:, region[1], region[2]]
         return out
 
-    def close(self) -> None:
-        """Close the file (it reopens on the next read)."""
-        with self._lock:
-            if self._file is not None:
-                self._file.close()
-                self._file = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_file")}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._lock, self._file = threading.Lock(), None
+    def _open_file(self) -> Any:
+        return _open(self.path)
 
     def __del__(self) -> None:
         f = getattr(self, "_file", None)
