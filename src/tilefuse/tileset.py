@@ -605,6 +605,77 @@ class Tileset(Sequence[Tile]):
         lo, hi = self._boxes
         return lo.min(axis=0), hi.max(axis=0)
 
+    # -- intensity, previews, surfaces ------------------------------------------------------
+    def intensity_range(self, p: Sequence[float] = (1.0, 99.9), **options: Any) -> NDArray[Any]:
+        """Global intensity percentiles ``(c, 2)`` from a bounded sample of all tiles.
+
+        See `tilefuse.intensity.intensity_range` (``max_samples``, ``planes_per_tile``, ``seed``).
+        """
+        from tilefuse.intensity import intensity_range
+
+        return intensity_range(self, p, **options)
+
+    def scale_intensity(
+        self,
+        low: ArrayLike | None = None,
+        high: ArrayLike | None = None,
+        *,
+        p: Sequence[float] = (1.0, 99.9),
+    ) -> Tileset:
+        """The tiles mapped lazily to uint8 between ``low`` and ``high`` (per channel).
+
+        Without ``low``/``high`` the global percentiles ``p`` are used. The
+        source files are never changed; scaling happens on read.
+        """
+        import dataclasses
+
+        from tilefuse.intensity import ScaledSource
+
+        if low is None or high is None:
+            rng = self.intensity_range(p)
+            low = rng[:, 0] if low is None else low
+            high = rng[:, 1] if high is None else high
+        tiles = [
+            dataclasses.replace(t, source=ScaledSource(t.source, low, high)) for t in self._tiles
+        ]
+        return Tileset(tiles, self.voxel_size)
+
+    def preview(self, **options: Any) -> NDArray[Any]:
+        """A 2D mosaic at a world z, or a max projection; see `tilefuse.intensity.preview`."""
+        from tilefuse.intensity import preview
+
+        return preview(self, **options)
+
+    def surfaces(self, threshold: float, **options: Any) -> list[Any]:
+        """Top, bottom and contact height maps per tile (`tilefuse.surfaces.tile_surfaces`)."""
+        from tilefuse.surfaces import tile_surfaces
+
+        return [tile_surfaces(t, threshold, **options) for t in self._tiles]
+
+    def centroids(self, **options: Any) -> dict[int, Any]:
+        """Per label tile: its objects' centroids etc. in world micrometres.
+
+        Returns ``{tile index: ObjectTable}`` computed block-wise from each
+        tile (`tilefuse.objects.object_table` with the tile's voxel size and
+        offset). For global objects use `dedup_labels` / `fuse_labels` first.
+        """
+        from tilefuse.objects import object_table
+
+        out = {}
+        for t in self._tiles:
+            if not t.is_translation:
+                msg = f"centroids need axis-aligned tiles; {t.name!r} is rotated"
+                raise ValueError(msg)
+            out[t.index] = object_table(
+                _TileLabels(t), voxel_size=t.voxel_size, origin=t.offset, **options
+            )
+        return out
+
+    def scale_offsets(self, factors: ArrayLike) -> Tileset:
+        """A copy with every offset multiplied by ``factors`` (z, y, x) (re-calibration)."""
+        f = np.broadcast_to(np.asarray(factors, dtype=float), (3,))
+        return self.with_offsets(self.offsets * f)
+
     def select_channels(self, channels: Sequence[int | str]) -> Tileset:
         """A tileset with only some channels (given by index or name), in that order."""
         import dataclasses
@@ -984,6 +1055,17 @@ def _parse_offsets(offsets: ArrayLike, n: int) -> NDArray[np.float64]:
         msg = "offsets must be finite"
         raise ValueError(msg)
     return offs
+
+
+class _TileLabels:
+    """A label tile as a sliceable (z, y, x) array for `object_table`."""
+
+    def __init__(self, tile: Tile) -> None:
+        self.tile, self.shape, self.dtype = tile, tile.shape, tile.dtype
+
+    def __getitem__(self, index: Any) -> NDArray[Any]:
+        region = index[1:] if index and index[0] is Ellipsis else index
+        return self.tile.read(region, channel=0)
 
 
 def _file_tiles(
