@@ -399,6 +399,7 @@ class Tileset(Sequence[Tile]):
         *,
         image_path: str | os.PathLike[str] | None = None,
         name: str = "tilefuse registration",
+        report: Any = None,
         overwrite: bool = False,
     ) -> Path:
         """Write the tiles' placements as BigStitcher XML.
@@ -408,11 +409,15 @@ class Tileset(Sequence[Tile]):
         elements, prior transforms), and each moved tile gets one new
         translation ``<ViewTransform>`` named ``name`` at the top of its
         views' lists. Other tilesets get a new project whose image loader is
-        the BDV file ``image_path`` (as written by `to_bdv`).
+        the BDV file ``image_path`` (as written by `to_bdv`). A `register`
+        report adds its pairwise links to ``<StitchingResults>`` (with the
+        hashes BigStitcher checks), so BigStitcher can continue from them.
         """
         from tilefuse.io.project import tileset_to_xml
 
-        return tileset_to_xml(self, path, image_path=image_path, name=name, overwrite=overwrite)
+        return tileset_to_xml(
+            self, path, image_path=image_path, name=name, report=report, overwrite=overwrite
+        )
 
     def load_positions(
         self, xml: str | os.PathLike[str], *, timepoint: int | None = None
@@ -604,6 +609,17 @@ class Tileset(Sequence[Tile]):
         """World box ``(lo, hi)`` covering every tile."""
         lo, hi = self._boxes
         return lo.min(axis=0), hi.max(axis=0)
+
+    # -- registration -------------------------------------------------------------------------
+    def register(self, **options: Any) -> tuple[Tileset, Any]:
+        """Register the tiles (pairwise phase correlation + global optimisation).
+
+        Returns ``(registered_tileset, report)``; see `tilefuse.register.register`
+        for the options (``channel``, ``downsample``, ``min_ncc``, ``preset``, ...).
+        """
+        from tilefuse.register import register
+
+        return register(self, **options)
 
     # -- intensity, previews, surfaces ------------------------------------------------------
     def intensity_range(self, p: Sequence[float] = (1.0, 99.9), **options: Any) -> NDArray[Any]:

@@ -183,11 +183,12 @@ def tileset_to_xml(
     *,
     image_path: str | os.PathLike[str] | None = None,
     name: str = "tilefuse registration",
+    report: Any = None,
     overwrite: bool = False,
 ) -> Path:
     """Write a tileset's placements as BigStitcher XML; see `Tileset.to_bigstitcher_xml`."""
     from tilefuse.io.spimdata import read_spimdata
-    from tilefuse.io.spimdata_write import translation_xyz, write_spimdata
+    from tilefuse.io.spimdata_write import registration_hash, translation_xyz, write_spimdata
 
     path = Path(path)
     sources = {t.metadata.get("xml") for t in tileset}
@@ -205,7 +206,34 @@ def tileset_to_xml(
                 delta_world = delta_um / sd.world_unit_um(tp, setups[0])
                 for s in setups:
                     added[(tp, s)] = (name, translation_xyz(delta_world))
-        return write_spimdata(sd, path, add_transforms=added, overwrite=overwrite)
+        pairwise = []
+        for k in report.links if report is not None else []:
+            ti, tj = tileset[k.i], tileset[k.j]
+            tp, sa, sb = (
+                ti.metadata["timepoint"],
+                ti.metadata["setups"][0],
+                tj.metadata["setups"][0],
+            )
+            w = sd.world_unit_um(tp, sa)
+            lo = np.maximum(report.offsets_before[k.i], report.offsets_before[k.j])
+            hi = np.minimum(
+                report.offsets_before[k.i] + np.asarray(ti.shape) * ti.voxel_size,
+                report.offsets_before[k.j] + np.asarray(tj.shape) * tj.voxel_size,
+            )
+            pairwise.append(
+                {
+                    "setup_a": sa,
+                    "setup_b": sb,
+                    "timepoint": tp,
+                    "shift_xyz": (k.shift_um / w)[::-1],
+                    "correlation": k.ncc,
+                    "hash": registration_hash(sd.affine_xyz(tp, sa), sd.affine_xyz(tp, sb)),
+                    "bbox_xyz": [*(lo / w)[::-1], *(hi / w)[::-1]],
+                }
+            )
+        return write_spimdata(
+            sd, path, add_transforms=added, pairwise=pairwise, overwrite=overwrite
+        )
     if image_path is None:
         msg = (
             "these tiles do not come from a BigStitcher project: pass image_path= (the BDV "

@@ -47,6 +47,7 @@ def write_spimdata(
     path: str | os.PathLike[str],
     *,
     add_transforms: dict[tuple[int, int], tuple[str, ArrayLike]] | None = None,
+    pairwise: list[dict[str, Any]] | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write a (possibly changed) copy of a parsed project.
@@ -62,6 +63,11 @@ def write_spimdata(
         ``(timepoint, setup) -> (name, affine)`` with ``affine`` a 3x4 or
         4x4 XYZ matrix in world units, inserted as the view's first
         ``<ViewTransform>`` (applied last).
+    pairwise : list of dict, optional
+        Pairwise results to add to ``<StitchingResults>``, each with keys
+        ``setup_a``, ``setup_b``, ``timepoint``, ``shift_xyz`` (3 numbers,
+        world units), ``correlation``, ``hash`` and ``bbox_xyz`` (6 numbers:
+        min x y z, max x y z, world units).
     overwrite : bool
         Replace an existing file (never the file ``sd`` was read from).
 
@@ -109,12 +115,44 @@ def write_spimdata(
     for tag in BIGSTITCHER_EXTRAS:
         if root.find(tag) is None:
             etree.SubElement(root, tag)
+    results = root.find("StitchingResults")
+    for pr in pairwise or []:
+        el = etree.SubElement(
+            results,
+            "PairwiseResult",
+            view_setup_a=str(pr["setup_a"]),
+            view_setup_b=str(pr["setup_b"]),
+            tp_a=str(pr["timepoint"]),
+            tp_b=str(pr["timepoint"]),
+        )
+        etree.SubElement(el, "shift").text = _fmt(translation_xyz_from_xyz(pr["shift_xyz"]))
+        etree.SubElement(el, "correlation").text = repr(float(pr["correlation"]))
+        etree.SubElement(el, "hash").text = repr(float(pr["hash"]))
+        etree.SubElement(el, "overlap_boundingbox").text = _fmt(pr["bbox_xyz"])
     etree.indent(tree, space="  ")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
     tree.write(str(tmp), xml_declaration=True, encoding="UTF-8", pretty_print=True)
     os.replace(tmp, path)
     return path
+
+
+def translation_xyz_from_xyz(shift_xyz: Any) -> Any:
+    """A 3x4 translation matrix from an XYZ shift."""
+    a = np.zeros((3, 4))
+    a[:, :3] = np.eye(3)
+    a[:, 3] = np.asarray(shift_xyz, dtype=float)
+    return a
+
+
+def registration_hash(model_a: Any, model_b: Any) -> float:
+    """BigStitcher's ``PairwiseStitchingResult.calculateHash``: sum of A_k + 13 B_k."""
+    a = np.asarray(model_a, dtype=float)[:3, :4].ravel()
+    b = np.asarray(model_b, dtype=float)[:3, :4].ravel()
+    total = 0.0
+    for x, y in zip(a, b, strict=True):
+        total += x + 13 * y
+    return total
 
 
 def translation_xyz(delta_zyx_world: Any) -> Any:
