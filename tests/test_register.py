@@ -116,3 +116,44 @@ def test_mist_grid_from_nominal_positions(shared_data):
     assert ours.min() > 0.999 and theirs.min() < 0.5
     for k in np.flatnonzero(~close):
         assert k in (20, 21)
+
+
+def test_register_cli_and_xml_round_trip(tmp_path):
+    from lxml import etree
+
+    from tilefuse.cli import main
+
+    tiles, true, nominal = jittered_mosaic(3)
+    ts = Tileset.from_arrays([np.clip(t, 0, 65535).astype(np.uint16) for t in tiles], nominal)
+    _, xml = ts.to_bdv(tmp_path / "tiles.h5")
+    out = tmp_path / "registered.xml"
+    args = ["register", str(xml), "-o", str(out), "--report-png", str(tmp_path / "r.png")]
+    assert main([*args, "--no-progress"]) == 0
+    assert (tmp_path / "r.png").exists()
+    back = Tileset.from_bigstitcher(out)
+    assert rms(back.offsets, true) <= 0.3
+    root = etree.parse(str(out)).getroot()
+    results = root.findall("StitchingResults/PairwiseResult")
+    assert len(results) == len(Tileset.from_bigstitcher(xml).overlaps())
+    assert all(float(r.findtext("correlation")) <= 1.0001 for r in results)
+    assert all(len(r.findtext("shift").split()) == 12 for r in results)
+    # the hash BigStitcher checks: sum of A_k + 13 B_k over the two views' registrations
+    # as they were when the shift was computed (the input project's)
+    from tilefuse.io.spimdata import read_spimdata
+
+    sd = read_spimdata(xml)
+    r0 = results[0]
+    a, b = int(r0.get("view_setup_a")), int(r0.get("view_setup_b"))
+    want = sum(
+        float(x) + 13 * float(y)
+        for x, y in zip(
+            sd.affine_xyz(0, a)[:3].ravel(), sd.affine_xyz(0, b)[:3].ravel(), strict=True
+        )
+    )
+    assert float(r0.findtext("hash")) == want
+    names = [t.findtext("Name") for t in root.iterfind(".//ViewRegistration/ViewTransform")]
+    assert "tilefuse registration" in names and "calibration" in names  # history kept
+    # stitch --register fuses at the registered positions
+    fused = tmp_path / "f.ome.zarr"
+    stitch = ["stitch", str(xml), "-o", str(fused), "--register", "--levels", "1"]
+    assert main([*stitch, "--no-progress"]) == 0

@@ -65,9 +65,45 @@ def _fmt(v: Sequence[float]) -> str:
     return "(" + ", ".join(f"{x:.6g}" for x in v) + ")"
 
 
+def _register(ts: Tileset, args: argparse.Namespace) -> tuple[Tileset, Any]:
+    reg, report = ts.register(
+        channel=args.channel,
+        preset=args.preset,
+        min_ncc=args.min_ncc,
+        progress=not getattr(args, "no_progress", False),
+    )
+    kept = sum(k.kept for k in report.links)
+    move = float(np.abs(reg.offsets - ts.offsets).max(initial=0.0))
+    logger.info(
+        "registered %d tiles: %d of %d links kept, largest correction %.3g um",
+        len(reg),
+        kept,
+        len(report.links),
+        move,
+    )
+    return reg, report
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    """Register the tiles and write the result as BigStitcher XML."""
+    ts = _open(args)
+    reg, report = _register(ts, args)
+    from_project = all("setups" in t.metadata for t in ts)
+    if from_project:
+        out = reg.to_bigstitcher_xml(args.output, report=report, overwrite=args.overwrite)
+    else:  # a new project: per-tile BDV-HDF5 next to the XML
+        _, out = reg.to_bdv(Path(args.output).with_suffix(".h5"), overwrite=args.overwrite)
+    if args.report_png:
+        report.to_png(args.report_png, reg)
+    _out(f"registered positions: {out}")
+    return 0
+
+
 def cmd_stitch(args: argparse.Namespace) -> int:
     """Fuse a tileset into OME-Zarr."""
     ts = _open(args)
+    if args.register:
+        ts, _ = _register(ts, args)
     t0 = time.perf_counter()
     group = ts.fuse(
         args.output,
@@ -224,6 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
             "--skip-missing", action="store_true", help="skip listed tiles that are absent"
         )
 
+    def add_registration(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--channel", type=int, default=0, help="channel to register on")
+        sp.add_argument("--preset", default="strict", choices=["strict", "relaxed"])
+        sp.add_argument("--min-ncc", type=float, default=0.5, help="minimum link correlation")
+
     sp = sub.add_parser("info", help="describe a tileset")
     add_input(sp)
     sp.add_argument("--json", action="store_true", help="print JSON")
@@ -253,7 +294,24 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--workers", type=int, default=None, help="threads (default: all CPUs)")
     sp.add_argument("--overwrite", action="store_true", help="replace an existing output")
     sp.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_registration(sp)
+    sp.add_argument("--register", action="store_true", help="register the tiles before fusing")
     sp.set_defaults(func=cmd_stitch)
+
+    sp = sub.add_parser("register", help="register tiles; write BigStitcher XML")
+    add_input(sp)
+    sp.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="output .xml (for a project input: a copy with a registration transform added and "
+        "StitchingResults; otherwise a new project with per-tile BDV-HDF5 beside it)",
+    )
+    add_registration(sp)
+    sp.add_argument("--report-png", help="draw tiles and links coloured by quality here")
+    sp.add_argument("--overwrite", action="store_true")
+    sp.add_argument("--no-progress", action="store_true")
+    sp.set_defaults(func=cmd_register)
 
     sp = sub.add_parser("dedup", help="give objects spanning several label tiles one ID")
     add_input(sp)
