@@ -31,6 +31,7 @@ MODULES = [
     "tilefuse.merge",
     "tilefuse.objects",
     "tilefuse.segment",
+    "tilefuse.register",
     "tilefuse.intensity",
     "tilefuse.surfaces",
     "tilefuse.pyramid",
