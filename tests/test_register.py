@@ -157,3 +157,26 @@ def test_register_cli_and_xml_round_trip(tmp_path):
     fused = tmp_path / "f.ome.zarr"
     stitch = ["stitch", str(xml), "-o", str(fused), "--register", "--levels", "1"]
     assert main([*stitch, "--no-progress"]) == 0
+
+
+def test_global_optimisation_drops_bad_links_and_keeps_groups():
+    from tilefuse.register import Link, _optimise
+
+    side = 20
+    n = side * side
+    rng = np.random.default_rng(0)
+    true = np.c_[np.zeros(n), rng.normal(0, 2, (n, 2))]
+    links = []
+    for r in range(side):
+        for c in range(side):
+            i = r * side + c
+            for j in ([i + 1] if c + 1 < side else []) + ([i + side] if r + 1 < side else []):
+                links.append(Link(i, j, true[j] - true[i] + rng.normal(0, 0.02, 3), 0.9, 10000))
+    bad = set(rng.choice(len(links), 8, replace=False).tolist())
+    for k in bad:
+        links[k].shift_um = links[k].shift_um + np.array([0, 25.0, -25.0])
+    e = _optimise(n, links, 2.5, 3.5)
+    dropped = {k for k, link in enumerate(links) if not link.kept}
+    assert dropped == bad
+    err = (e - e[0]) - (true - true[0])
+    assert np.abs(err).max() < 0.2
