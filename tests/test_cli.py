@@ -19,6 +19,9 @@ def test_demo_command(tmp_path, capsys):
     assert main(["demo", str(tmp_path / "d"), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "matches ground truth exactly: True" in out
+    assert "after dedup" in out
+    g_labels = MultiScaleGroup.open(tmp_path / "d" / "fused.ome.zarr" / "labels" / "cells")
+    assert g_labels.n_levels == 3 and g_labels.kind == "label"
     g = MultiScaleGroup.open(tmp_path / "d" / "fused.ome.zarr")
     assert g.n_levels == 3 and g.is_complete
     assert (tmp_path / "d" / "labels" / "TileConfiguration.txt").is_file()
