@@ -255,7 +255,12 @@ def test_centre_rule_is_a_voronoi_cut_and_both_paths_agree():
     fused = ts.fuse(blend="centre", chunks=(3, 16, 16))
     plan = FusionPlan(ts.tiles, OutputGrid.covering(ts.tiles, ts.voxel_size), blend="centre")
     region = (slice(0, 3), slice(0, fused.shape[1]), slice(0, fused.shape[2]))
-    general = plan._nearest_centre(plan.tiles_in(region), region)[0]
+    parts = [
+        (sub, data, mask, (plan._lo[i] + plan._hi[i]) / 2)
+        for i in plan.tiles_in(region)
+        for sub, data, mask, _ in plan._samples(plan.tiles[i], region)
+    ]
+    general = plan._nearest_centre(parts, region)[0]
     np.testing.assert_array_equal(fused, general)
     # every voxel comes from the covering tile with the nearest centre
     centres = [t.box[0] + (t.box[1] - t.box[0]) / 2 for t in ts]
@@ -265,3 +270,15 @@ def test_centre_rule_is_a_voronoi_cut_and_both_paths_agree():
         k = min(cover, key=lambda k: np.sum((pos - centres[k]) ** 2))
         o = ts[k].offset.astype(int)
         assert fused[1, y, x] == tiles[k][1, y - o[1], x - o[2]]
+
+
+def test_centre_rule_with_a_rotated_tile_invents_no_values():
+    a = np.full((2, 20, 20), 7, np.uint32)
+    b = np.full((2, 20, 20), 9, np.uint32)
+    rot = np.eye(4)
+    rot[1:3, 1:3] = [[0, -1], [1, 0]]
+    rot[1, 3] = 30.0  # rotated 90 degrees, overlapping tile a
+    ts = Tileset([Tile.from_array(a), Tile.from_array(b).with_affine(rot)])
+    fused = ts.fuse(blend="centre")
+    assert set(np.unique(fused)) <= {0, 7, 9}
+    assert (fused == 7).any() and (fused == 9).any()

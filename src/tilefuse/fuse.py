@@ -172,7 +172,7 @@ class FusionPlan:
             ]
             if all(mask is None for _, _, mask, _ in parts):
                 return self._blend_cells(parts, shape, region)
-            return self._nearest_centre(idx, region)
+            return self._nearest_centre(parts, region)
         if self.blend == "max":
             out = np.zeros((c, *shape), dtype=self._acc)
             covered = np.zeros(shape, dtype=bool)
@@ -221,27 +221,29 @@ class FusionPlan:
         stack = np.stack([p[1][(slice(None), *r)] for p, r in zip(cover, rel, strict=True)])
         return self._cast(np.take_along_axis(stack, pick[None, None], axis=0)[0])
 
-    def _nearest_centre(self, idx: NDArray[np.intp], region: Region) -> NDArray[Any]:
-        """Each voxel from the covering tile whose box centre is nearest (ties: first tile)."""
+    def _nearest_centre(self, parts: list[Any], region: Region) -> NDArray[Any]:
+        """Each voxel from the covering contribution whose tile centre is nearest (ties: first).
+
+        ``parts`` are ``(sub, data, mask, centre)`` (the general path, where some
+        contributions carry masks).
+        """
         shape = tuple(r.stop - r.start for r in region)
         out = np.zeros((self.n_channels, *shape), dtype=self.dtype)
         best = np.full(shape, np.inf)
         origin, vs = np.asarray(self.grid.origin), np.asarray(self.grid.voxel_size)
-        for i in idx:
-            centre = (self._lo[i] + self._hi[i]) / 2
-            for sub, data, mask, _ in self._samples(self.tiles[i], region):
-                d = np.zeros((1, 1, 1))
-                for ax in range(3):
-                    j = np.arange(sub[ax].start, sub[ax].stop) + region[ax].start
-                    sh = [1, 1, 1]
-                    sh[ax] = j.size
-                    d = d + ((origin[ax] + (j + 0.5) * vs[ax] - centre[ax]) ** 2).reshape(sh)
-                closer = d < best[sub]
-                if mask is not None:
-                    closer &= mask
-                best[sub] = np.where(closer, d, best[sub])
-                view = out[(slice(None), *sub)]
-                view[...] = np.where(closer, self._cast(data), view)
+        for sub, data, mask, centre in parts:
+            d = np.zeros((1, 1, 1))
+            for ax in range(3):
+                j = np.arange(sub[ax].start, sub[ax].stop) + region[ax].start
+                sh = [1, 1, 1]
+                sh[ax] = j.size
+                d = d + ((origin[ax] + (j + 0.5) * vs[ax] - centre[ax]) ** 2).reshape(sh)
+            closer = d < best[sub]
+            if mask is not None:
+                closer &= mask
+            best[sub] = np.where(closer, d, best[sub])
+            view = out[(slice(None), *sub)]
+            view[...] = np.where(closer, self._cast(data), view)
         return out
 
     def _weight(self, w: Any, cell: Region | None = None) -> NDArray[Any]:
