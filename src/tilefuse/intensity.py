@@ -194,7 +194,9 @@ def to_png(
 
 def show_slice(image: ArrayLike, *, ax: Any = None, title: str | None = None, **imshow: Any) -> Any:
     """Show a 2D image with matplotlib (percentile contrast); returns the axes."""
-    import matplotlib.pyplot as plt
+    from tilefuse._optional import require
+
+    plt = require("matplotlib.pyplot", "plot", "show_slice")
 
     if ax is None:
         _, ax = plt.subplots()

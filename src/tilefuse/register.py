@@ -85,8 +85,9 @@ class RegistrationReport:
 
     def to_png(self, path: str | os.PathLike[str], tileset: Tileset | None = None) -> Any:
         """Draw tiles (y-x boxes at the new positions) and links coloured by NCC (red: dropped)."""
-        import matplotlib
+        from tilefuse._optional import require
 
+        matplotlib = require("matplotlib", "plot", "the registration report picture")
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
         from matplotlib.patches import Rectangle
