@@ -4,9 +4,10 @@ Pairwise: for each overlapping pair (from the current positions) the two
 tiles' views of the overlap box are phase-correlated; the strongest peaks,
 each with its wrap-around alternatives, are checked by normalised
 cross-correlation (NCC) on the voxels that really overlap for that shift;
-the best is refined to sub-voxel precision (parabola through the peak) and
-kept as a link (shift, NCC, overlap size). Regions without signal produce no
-link.
+the best integer shift is made a local NCC maximum and refined to sub-voxel
+precision around that shift (a Gauss-Newton least-squares fit of one view to
+the other, resampled with cubic splines; never clipped) and kept as a link
+(shift, NCC, overlap size). Regions without signal produce no link.
 
 Global: translations minimise the weighted squared link residuals, one tile
 fixed per connected group (sparse least squares). While the worst residual
@@ -25,6 +26,8 @@ import numpy as np
 from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 from scipy.sparse.linalg import lsqr
+
+from tilefuse.errors import IncompatibleTilesError
 
 if TYPE_CHECKING:
     import os
@@ -135,19 +138,91 @@ def _ncc(a: NDArray[Any], b: NDArray[Any], s: tuple[int, ...]) -> tuple[float, i
     return (float((x * y).sum() / den) if den > 0 else -1.0), int(x.size)
 
 
-def _parabola(r: NDArray[Any], peak: tuple[int, ...]) -> NDArray[np.float64]:
-    """Sub-voxel offset of a correlation peak (a parabola through it and its neighbours)."""
-    out = np.zeros(len(peak))
-    for ax, n in enumerate(r.shape):
+def _climb(a: NDArray[Any], b: NDArray[Any], s: tuple[int, ...], ncc: float) -> tuple[Any, ...]:
+    """Walk from integer shift ``s`` to the neighbour of highest NCC until none is higher."""
+    best: tuple[float, tuple[int, ...], int] = (ncc, s, _ncc(a, b, s)[1])
+    for _ in range(8):
+        cur = best
+        for ax in range(a.ndim):
+            for step in (-1, 1):
+                t = list(cur[1])
+                t[ax] += step
+                c, n = _ncc(a, b, tuple(t))
+                if c > best[0]:
+                    best = (c, tuple(t), n)
+        if best[1] == cur[1]:
+            break
+    return best
+
+
+def _refine(
+    a: NDArray[np.float64], b: NDArray[np.float64], s: tuple[int, ...]
+) -> NDArray[np.float64] | None:
+    """Sub-voxel shift ``d`` (|d| < 1 per axis) with ``b(x) ~ g * a(x + s + d) + c``.
+
+    Gauss-Newton on the overlap of the chosen integer shift ``s``: ``a`` is
+    resampled (cubic spline) at ``x + s + d`` and ``d`` updated from the
+    least-squares fit of ``b`` to the resampled ``a``, its gradient, a gain
+    and an offset, until the update is below 1e-3 voxel. The fixed point is
+    the least-squares optimum of the shift, so the result is not tied to a
+    peak model and is never clipped. Returns None when the fit does not
+    converge inside one voxel (the caller keeps the integer shift's parabola).
+    """
+    from scipy import ndimage  # slow to import; only registration needs it
+
+    axes = [ax for ax, n in enumerate(a.shape) if n >= 6]
+    if not axes:
+        return None
+    coef = ndimage.spline_filter(a, order=3, mode="mirror")
+    d = np.zeros(a.ndim)
+    # voxels x of b whose partners x + s + d (|d| <= 1) lie at least 2 voxels inside a
+    inner = []
+    for ax, (n, k) in enumerate(zip(a.shape, s, strict=True)):
+        m = 2 if ax in axes else 0
+        lo, hi = max(0, m - k), min(n, n - m - k)
+        if hi - lo < 2 and ax in axes:
+            return None
+        inner.append(slice(lo, hi))
+    region = tuple(inner)
+    y = b[region].ravel()
+    if y.size < 64:
+        return None
+    for _ in range(10):
+        warped = ndimage.shift(coef, -(np.asarray(s) + d), order=3, prefilter=False, mode="mirror")
+        grads = [np.gradient(warped, axis=ax)[region].ravel() for ax in axes]
+        w = warped[region].ravel()
+        x = np.stack([w, np.ones_like(w), *grads], axis=1)
+        coeffs, *_ = np.linalg.lstsq(x, y, rcond=None)
+        if coeffs[0] <= 0:
+            return None
+        step = coeffs[2:] / coeffs[0]
+        d[axes] += step
+        if np.any(np.abs(d) >= 1):
+            return None
+        if np.max(np.abs(step)) < 1e-3:
+            return d
+    return d
+
+
+def _parabola(values: NDArray[np.float64]) -> float:
+    """Vertex of the parabola through ``values`` at -1, 0, 1 (0 when not a maximum)."""
+    ym, y0, yp = values
+    den = ym - 2 * y0 + yp
+    return float(0.5 * (ym - yp) / den) if den < 0 else 0.0
+
+
+def _ncc_parabola(a: NDArray[Any], b: NDArray[Any], s: tuple[int, ...]) -> NDArray[np.float64]:
+    """Per-axis parabola through the NCC at ``s`` and its two neighbours (``s`` a local maximum)."""
+    out = np.zeros(a.ndim)
+    for ax, n in enumerate(a.shape):
         if n < 3:
             continue
-        lo, hi = list(peak), list(peak)
-        lo[ax] = (peak[ax] - 1) % n
-        hi[ax] = (peak[ax] + 1) % n
-        ym, y0, yp = r[tuple(lo)], r[peak], r[tuple(hi)]
-        den = ym - 2 * y0 + yp
-        if den < 0:
-            out[ax] = float(np.clip(0.5 * (ym - yp) / den, -0.5, 0.5))
+        vals = []
+        for step in (-1, 0, 1):
+            t = list(s)
+            t[ax] += step
+            vals.append(_ncc(a, b, tuple(t))[0])
+        out[ax] = _parabola(np.array(vals))
     return out
 
 
@@ -193,8 +268,13 @@ def pairwise_shift(
     ncc, s, n = best
     if ncc <= -1:
         return np.zeros(a.ndim), -1.0, 0
-    peak = tuple(v % m for v, m in zip(s, r.shape, strict=True))
-    return np.asarray(s, dtype=float) + _parabola(r, peak), ncc, n
+    # the chosen integer shift is the NCC maximum among the peaks; make it a local maximum,
+    # then refine around it (never around another phase-correlation peak)
+    ncc, s, n = _climb(a, b, s, ncc)
+    d = _refine(a, b, s)
+    if d is None:
+        d = _ncc_parabola(a, b, s)
+    return np.asarray(s, dtype=float) + d, ncc, n
 
 
 def register(
@@ -237,6 +317,7 @@ def register(
     """
     from tqdm import tqdm
 
+    _check_axis_aligned(tileset)
     work = tileset.select_channels([channel]) if tileset.n_channels > 1 else tileset
     if downsample is not None:
         work = work.downscale(downsample, method="mean")
@@ -267,6 +348,26 @@ def register(
         float(np.abs(errors).max(initial=0.0)),
     )
     return tileset.with_offsets(after), report
+
+
+def _check_axis_aligned(tileset: Tileset) -> None:
+    """Refuse tiles the translation-only maths cannot register (rotation, shear, mixed voxels)."""
+    vs0 = tileset[0].voxel_size if len(tileset) else None
+    for t in tileset:
+        if not t.is_translation:
+            msg = (
+                f"register() needs axis-aligned tiles (scale + translation); tile {t.name!r} "
+                f"has affine {np.round(t.affine, 6).tolist()}: register the tiles before "
+                "rotating them, or place them with a BigStitcher XML"
+            )
+            raise IncompatibleTilesError(msg)
+        if not np.allclose(t.voxel_size, vs0, rtol=1e-6):
+            msg = (
+                f"register() needs one voxel size for all tiles; tile {t.name!r} has "
+                f"{t.voxel_size.tolist()} um, tile {tileset[0].name!r} {vs0.tolist()} um "
+                "(downscale the finer tiles first)"
+            )
+            raise IncompatibleTilesError(msg)
 
 
 def _solve(n: int, links: list[Link]) -> NDArray[np.float64]:
