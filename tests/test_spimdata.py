@@ -191,7 +191,7 @@ def test_calibration_plus_affine_in_nanometres(shared_data):
     assert s.size_zyx == (1289, 2048, 2048)
     assert [t.name for t in sd.registrations[(0, 0)]] == ["affine", "calibration"]
     # calibration = diag(voxel / min voxel) -> one world unit is the smallest voxel: 168 nm
-    assert sd.world_unit_um(0, 0) == pytest.approx(0.168, rel=1e-12)
+    assert sd.world_unit_um(0, 0) == pytest.approx((0.168,) * 3, rel=1e-12)
     reg = et_registrations(et_root(path))[(0, 0)]
     t_xyz = et_bdv_model(reg)[:3, 3]
     np.testing.assert_allclose(sd.placement_zyx(0, 0)[:3, 3], t_xyz[::-1] * 0.168, rtol=1e-12)
@@ -209,7 +209,7 @@ def test_bigstitcher_6_grid_in_micrometres(shared_data):
     assert tiles == {0: [0, 8, 4, 12], 1: [1, 9, 5, 13], 2: [2, 10, 6, 14], 3: [3, 11, 7, 15]}
     s = sd.setups[0]
     assert (s.size_zyx, s.voxel_size_zyx, s.unit) == ((615, 2048, 2048), (10.0, 3.26, 3.26), "µm")
-    assert sd.world_unit_um(0, 0) == pytest.approx(3.26, rel=1e-12)
+    assert sd.world_unit_um(0, 0) == pytest.approx((3.26,) * 3, rel=1e-12)
     pos = {t: sd.placement_zyx(0, ids[0])[:3, 3] for t, ids in tiles.items()}
     for ids in tiles.values():  # every channel / illumination of a tile sits at the same place
         for i in ids:
@@ -263,8 +263,8 @@ def test_multiline_affine_with_leading_whitespace_warns(shared_data, caplog):
         sd.affine_xyz(0, 1)
     with pytest.raises(KeyError):
         sd.affine_xyz(0, 99)
-    with pytest.raises(UnsupportedFormatError, match="cannot tell the world unit"):
-        sd.world_unit_um(0, 0)
+    # a registration affine with no calibration below it: BigDataViewer's pixel world
+    assert sd.world_unit_um(0, 0) == sd.setups[0].voxel_size_zyx
 
 
 def test_empty_sequence_description(shared_data, caplog):
@@ -276,14 +276,25 @@ def test_empty_sequence_description(shared_data, caplog):
     assert "no <ViewSetups>" in caplog.text
 
 
-def test_anisotropic_world_needs_an_explicit_unit(shared_data):
-    sd = read_spimdata(shared_data / "bigstitcher-xml" / "bigstitcher_1.xml")
-    with pytest.raises(UnsupportedFormatError, match="bigstitcher_1.xml"):
-        sd.placement_zyx(0, 0)
-    w = (1.0, 0.748, 0.748)
+def test_pixel_world_is_bigdataviewers(shared_data, caplog):
+    # bigstitcher_1: anisotropic voxels (x, y, z) = (0.748, 0.748, 1.0) um, no calibration (the
+    # first-applied transform is a translation): world axis k is one voxel of axis k
+    path = shared_data / "bigstitcher-xml" / "bigstitcher_1.xml"
+    with caplog.at_level(logging.WARNING, logger="tilefuse.io.spimdata"):
+        sd = read_spimdata(path)
+        vs = sd.setups[0].voxel_size_zyx
+        assert sd.world_unit_um(0, 0) == vs
+        placed = sd.placement_zyx(0, 0)
+    assert caplog.text.count("world units are voxels") == 1
+    model = et_bdv_model(et_registrations(et_root(path))[(0, 0)])  # independent ElementTree
+    np.testing.assert_allclose(placed[:3, 3], model[:3, 3][::-1] * np.asarray(vs), rtol=1e-12)
+    # an override is per axis; a scalar is refused (it would silently apply to z)
+    w = (1.0, 0.5, 0.5)
     np.testing.assert_array_equal(
         sd.placement_zyx(0, 0, world_unit_um=w), np.diag([*w, 1.0]) @ sd.affine_zyx(0, 0)
     )
+    with pytest.raises(ValueError, match=r"\(z, y, x\)"):
+        sd.placement_zyx(0, 0, world_unit_um=0.748)
 
 
 def test_loader_locations(shared_data):
@@ -299,7 +310,7 @@ def test_loader_locations(shared_data):
     assert sd.setups[0].file_unit == ""
     sd = read_spimdata(shared_data / "bdv-h5" / "mitosis_small_hdf5.xml")
     assert sd.image_loader.path == shared_data / "bdv-h5" / "mitosis_small_hdf5.h5"
-    assert sd.world_unit_um(1, 1) == 1.0  # BDV export: world = physical units
+    assert sd.world_unit_um(1, 1) == (1.0, 1.0, 1.0)  # BDV export: world = physical units
 
 
 def test_multi_angle_dataset(shared_data):
@@ -312,7 +323,7 @@ def test_multi_angle_dataset(shared_data):
         sd.tiles(18)
     assert sd.tiles(30, angle=45) == {0: [1]}
     assert sd.attributes["angle"][90] == {"name": "90", "axis": (0.0, 0.0, 1.0), "degrees": 90.0}
-    assert sd.world_unit_um(18, 0) == pytest.approx(0.7310780550106993, rel=1e-6)
+    assert sd.world_unit_um(18, 0) == pytest.approx((0.7310780550106993,) * 3, rel=1e-6)
     with pytest.raises(KeyError):
         sd.tiles(5)
 
@@ -389,7 +400,7 @@ def test_any_order_unknown_elements_and_units(tmp_path):
     expected = np.array([[2, 0, 0, 10], [0, 2, 0, 20], [0, 0, 5, 30], [0, 0, 0, 1.0]])
     np.testing.assert_array_equal(sd.affine_xyz(2, 7), expected)
     # world unit: the first-applied diag(2, 2, 5) against voxel (0.4, 0.4, 1.0) µm -> 0.2 µm
-    assert sd.world_unit_um(2, 7) == pytest.approx(0.2)
+    assert sd.world_unit_um(2, 7) == pytest.approx((0.2, 0.2, 0.2))
     np.testing.assert_allclose(sd.placement_zyx(2, 7)[:3, 3], [6.0, 4.0, 2.0])
     with pytest.raises(UnsupportedFormatError, match="no <ViewRegistration timepoint=0 setup=7>"):
         sd.affine_xyz(0, 7)

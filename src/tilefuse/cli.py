@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tilefuse._version import __version__
-from tilefuse.errors import TilefuseError
+from tilefuse.errors import TilefuseError, UnsupportedFormatError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -37,7 +37,22 @@ def _open(args: argparse.Namespace) -> Tileset:
         opts["voxel_size"] = tuple(args.voxel_size)
     if getattr(args, "skip_missing", False):
         opts["skip_missing"] = True
-    return Tileset.open(args.input, **opts)
+    flags = {"timepoint": "--timepoint", "angle": "--angle", "world_unit_um": "--world-unit"}
+    attrs = {"timepoint": "timepoint", "angle": "angle", "world_unit_um": "world_unit"}
+    for key, attr in attrs.items():
+        if getattr(args, attr, None) is not None:
+            opts[key] = tuple(v) if isinstance(v := getattr(args, attr), list) else v
+    try:
+        ts = Tileset.open(args.input, **opts)
+    except TypeError as e:  # an option the input's reader does not take
+        used = [flag for key, flag in flags.items() if key in opts and key in str(e)]
+        if not used:
+            raise
+        msg = f"{args.input}: {used[0]} does not apply to this kind of input"
+        raise UnsupportedFormatError(msg) from e
+    if getattr(args, "channels", None):
+        ts = ts.select_channels([int(c) if c.isdigit() else c for c in args.channels])
+    return ts
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -265,6 +280,23 @@ def build_parser() -> argparse.ArgumentParser:
         )
         sp.add_argument(
             "--skip-missing", action="store_true", help="skip listed tiles that are absent"
+        )
+        sp.add_argument(
+            "--timepoint", type=int, help="timepoint to read (ND2, OME-Zarr, BigStitcher; "
+            "default: the first)"
+        )  # fmt: skip
+        sp.add_argument("--angle", type=int, help="BigStitcher angle id (when there are several)")
+        sp.add_argument(
+            "--channels", nargs="+", metavar="C", help="keep these channels (indices or names)"
+        )
+        sp.add_argument(
+            "--world-unit",
+            type=float,
+            nargs=3,
+            metavar=("Z", "Y", "X"),
+            dest="world_unit",
+            help="BigStitcher XML: micrometres per world unit (z, y, x); default: from the "
+            "calibration transform, or the voxel size when there is none (pixel world)",
         )
 
     def add_registration(sp: argparse.ArgumentParser) -> None:

@@ -12,6 +12,7 @@ __all__ = [
     "LabelError",
     "MissingTileError",
     "OutputExistsError",
+    "SelectionError",
     "StoreError",
     "TileConfigError",
     "TilefuseError",
@@ -53,3 +54,7 @@ class OutputExistsError(TilefuseError, FileExistsError):
 
 class StoreError(TilefuseError, OSError):
     """An output store is not what tilefuse expected (foreign, corrupt, mismatched)."""
+
+
+class SelectionError(TilefuseError, ValueError):
+    """A timepoint, angle, channel or level was asked for that the input does not have."""

@@ -355,7 +355,7 @@ class Tileset(Sequence[Tile]):
         *,
         timepoint: int | None = None,
         angle: int | None = None,
-        world_unit_um: float | None = None,
+        world_unit_um: ArrayLike | None = None,
     ) -> Tileset:
         """Tiles from a BigStitcher / BigDataViewer project (SpimData XML).
 
@@ -373,9 +373,15 @@ class Tileset(Sequence[Tile]):
             Default: the first timepoint.
         angle : int, optional
             Needed when a timepoint has views from several angles.
-        world_unit_um : float, optional
-            Micrometres per world unit, when it cannot be inferred from the
-            calibration transform.
+        world_unit_um : array_like of 3 floats, optional
+            Micrometres per world unit (z, y, x), overriding the inference:
+            a calibration transform gives an isotropic world (its unit on every
+            axis); without one the world is BigDataViewer's pixel world (one
+            voxel per axis, so the unit is the voxel size; a warning says so).
+            A single number is refused (it would apply the x/y value to z).
+            The unit used is kept in each tile's ``metadata["world_unit_um"]``
+            and reused by `to_bigstitcher_xml`, `load_positions` and
+            registration output.
         """
         from tilefuse.io.project import tileset_from_spimdata
 
@@ -420,12 +426,18 @@ class Tileset(Sequence[Tile]):
         )
 
     def load_positions(
-        self, xml: str | os.PathLike[str], *, timepoint: int | None = None
+        self,
+        xml: str | os.PathLike[str],
+        *,
+        timepoint: int | None = None,
+        world_unit_um: ArrayLike | None = None,
     ) -> Tileset:
         """A copy with placements from a BigStitcher XML (e.g. after registering in Fiji).
 
         Tiles are matched by their project tile id when they came from a
-        project, otherwise in order; counts and shapes must agree.
+        project, otherwise in order; counts and shapes must agree. World
+        units: ``world_unit_um`` (z, y, x) when given, else the unit the tiles
+        were opened with (`from_bigstitcher`), else the project's own.
 
         Raises
         ------
@@ -434,7 +446,7 @@ class Tileset(Sequence[Tile]):
         """
         from tilefuse.io.project import load_positions
 
-        return load_positions(self, xml, timepoint=timepoint)
+        return load_positions(self, xml, timepoint=timepoint, world_unit_um=world_unit_um)
 
     @classmethod
     def from_tileconfig(

@@ -62,53 +62,107 @@ _BDV_TYPES = {
 }
 
 
+def _java_int(x: float) -> int:
+    """Java's ``(int)`` cast of a double: truncation toward zero, NaN -> 0, saturating."""
+    if math.isnan(x):
+        return 0
+    if math.isinf(x):
+        return -(2**31) if x < 0 else 2**31 - 1
+    return max(-(2**31), min(2**31 - 1, int(x)))
+
+
 def _pot_block(
-    voxel_scale: Sequence[float], size: Sequence[int], max_elements: int = 4096
+    voxel_scale: Sequence[float], size: Sequence[int] | None, max_elements: int = 4096
 ) -> list[int]:
-    """BDV's ``suggestPoTBlockSize``: power-of-two block (x, y, z), <= max_elements voxels."""
-    bits = [0, 0, 0]
-    max_bits = [max(0, math.ceil(math.log2(s))) if s > 1 else 0 for s in size]
-    budget = int(math.log2(max_elements))
-    while sum(bits) < budget:
-        # grow the dimension whose world-space block side is smallest (ties: x, y, z)
-        best = None
-        for d in range(3):
-            if bits[d] >= max_bits[d]:
+    """BDV's ``ProposeMipmaps.suggestPoTBlockSize`` (x, y, z), ported step by step.
+
+    Power-of-two sides, at most ``max_elements`` voxels, roughly cubic in world
+    space. Real-valued bits per axis are rounded down, then bits are added one
+    at a time to the axis with the largest fractional remainder plus a bias of
+    ``0.01 * (3 - d)`` (so x wins a tie over y, y over z); an axis whose bits
+    already cover the image size is skipped (if all are, x grows).
+    """
+    n = len(voxel_scale)
+    bias = [0.01 * (n - d) for d in range(n)]
+    shape = [1 / v for v in voxel_scale]
+    shape_vol = 1.0
+    for v in shape:
+        shape_vol *= v
+    m = math.pow(max_elements / shape_vol, 1.0 / n)
+    sum_num_bits = math.log(max_elements) / math.log(2)
+    num_bits = [math.log(m * shape[d]) / math.log(2) for d in range(n)]
+    int_bits = [max(0, _java_int(b)) for b in num_bits]
+    full_bits = [0] * n
+    if size is not None:
+        full_bits = [
+            max(0, _java_int(math.log(s - 1) / math.log(2) if s > 1 else -math.inf) + 1)
+            for s in size
+        ]
+        int_bits = [min(b, f) for b, f in zip(int_bits, full_bits, strict=True)]
+    total = sum(int_bits)
+    while total + 1 <= sum_num_bits:
+        max_diff, max_dim = -math.inf, 0
+        for d in range(n):
+            if size is not None and int_bits[d] >= full_bits[d]:
                 continue
-            side = (1 << bits[d]) * voxel_scale[d]
-            if best is None or side < best[0]:
-                best = (side, d)
-        if best is None:
-            break
-        bits[best[1]] += 1
-    return [1 << b for b in bits]
+            diff = num_bits[d] - int_bits[d] + bias[d]
+            if diff > max_diff:
+                max_diff, max_dim = diff, d
+        int_bits[max_dim] += 1
+        total += 1
+    return [1 << b for b in int_bits]
 
 
 def propose_mipmaps(
-    size_xyz: Sequence[int], voxel_size_xyz: Sequence[float]
+    size_xyz: Sequence[int], voxel_size_xyz: Sequence[float], max_elements: int = 4096
 ) -> tuple[list[list[int]], list[list[int]]]:
-    """BigDataViewer's ``ProposeMipmaps``: resolutions and subdivisions, both XYZ per level."""
-    vs = np.asarray(voxel_size_xyz, dtype=float)
-    scale = vs / vs.min()
+    """BigDataViewer's ``ProposeMipmaps.proposeMipmaps``: resolutions and subdivisions (XYZ).
+
+    A port of bdv-core's ``bdv.export.ProposeMipmaps`` (same arithmetic, same
+    order, same tie rule): levels halve the axes whose normalised voxel size
+    is at most 2 until the largest side is at most 256; each level gets a
+    power-of-two block of at most ``max_elements`` voxels.
+
+    Parameters
+    ----------
+    size_xyz : sequence of 3 ints
+        Level-0 image size, **x, y, z** (as BigDataViewer).
+    voxel_size_xyz : sequence of 3 floats
+        Voxel size, x, y, z (any unit).
+    max_elements : int
+        Block size limit (BigDataViewer: 4096).
+
+    Returns
+    -------
+    (list, list)
+        Per level: cumulative subsampling factors and block size, both x, y, z.
+    """
+    scale = [float(v) for v in voxel_size_xyz]
+
+    def normalise() -> None:
+        lo = min(scale)
+        for d in range(3):
+            scale[d] /= lo
+
+    normalise()
     res = [1, 1, 1]
     resolutions: list[list[int]] = []
     subdivisions: list[list[int]] = []
     while True:
         resolutions.append(list(res))
-        size_l = [max(1, s // r) for s, r in zip(size_xyz, res, strict=True)]
-        subdivisions.append(_pot_block(scale, size_l))
-        if max(size_l) <= 256:
+        size = [max(1, int(s) // r) for s, r in zip(size_xyz, res, strict=True)]
+        subdivisions.append(_pot_block(scale, size, max_elements))
+        if max(size) <= 256:
             break
         changed = False
         for d in range(3):
-            if scale[d] <= 2.0 and size_l[d] > 1:
+            if scale[d] <= 2.0 and size[d] > 1:
                 res[d] *= 2
                 scale[d] *= 2
                 changed = True
         if not changed:
             res = [r * 2 for r in res]
-            scale *= 2
-        scale = scale / scale.min()
+        normalise()
     return resolutions, subdivisions
 
 

@@ -470,8 +470,8 @@ class BdvSource:
 
     Parameters
     ----------
-    path : str or PathLike
-        The ``.h5`` file.
+    path : str, PathLike or BdvFile
+        The ``.h5`` file, or an open `BdvFile` to share between sources.
     setups : int or sequence of int
         Setup ids, one per channel, in channel order. They must share shape
         and logical dtype at this timepoint and level.
@@ -492,12 +492,13 @@ class BdvSource:
 
     def __init__(
         self,
-        path: str | os.PathLike[str],
+        path: str | os.PathLike[str] | BdvFile,
         setups: int | Sequence[int],
         timepoint: int = 0,
         level: int = 0,
     ) -> None:
-        self.file = BdvFile(path)
+        # sources of one project share one BdvFile (one scan, one handle)
+        self.file = path if isinstance(path, BdvFile) else BdvFile(path)
         self.setups = [int(setups)] if isinstance(setups, int | np.integer) else list(setups)
         self.setups = [int(s) for s in self.setups]
         if not self.setups:

@@ -65,32 +65,35 @@ def tileset_from_spimdata(
     *,
     timepoint: int | None = None,
     angle: int | None = None,
-    world_unit_um: float | None = None,
+    world_unit_um: Any = None,
 ) -> Tileset:
     """Build a `Tileset` from a SpimData XML; see `tilefuse.Tileset.from_bigstitcher`."""
-    from tilefuse.io.spimdata import read_spimdata
+    from tilefuse.io.spimdata import check_world_unit, read_spimdata
     from tilefuse.tile import Tile
     from tilefuse.tileset import Tileset
 
     sd = read_spimdata(xml)
+    given = None if world_unit_um is None else check_world_unit(world_unit_um, sd.path)
     tp = sd.timepoints[0] if timepoint is None else timepoint
     groups = sd.tiles(tp, angle=angle)
     if not groups:
         msg = f"{sd.path}: no views at timepoint {tp}"
         raise UnsupportedFormatError(msg)
     loader = sd.image_loader
+    files: dict[Any, Any] = {}  # one reader per container, shared by the tiles
     tiles = []
     for k, (tile_id, setups) in enumerate(sorted(groups.items())):
         first = sd.setups[setups[0]]
         if first.size_zyx is None:
             msg = f"{sd.path}: ViewSetup {first.id} has no <size>"
             raise UnsupportedFormatError(msg)
-        source = _source(sd, loader, setups, tp, first.size_zyx)
+        source = _source(sd, loader, setups, tp, first.size_zyx, files)
         names = tuple(_channel_name(sd, s) for s in setups)
+        unit = given if given is not None else np.asarray(sd.world_unit_um(tp, setups[0]))
         tiles.append(
             Tile(
                 source,
-                sd.placement_zyx(tp, setups[0], world_unit_um=world_unit_um),
+                sd.placement_zyx(tp, setups[0], world_unit_um=unit),
                 name=first.name or f"tile {tile_id}",
                 index=k,
                 channels=tuple(str(n) for n in names) if len(set(names)) == len(names) else (),
@@ -99,6 +102,7 @@ def tileset_from_spimdata(
                     "tile": tile_id,
                     "setups": list(setups),
                     "timepoint": tp,
+                    "world_unit_um": [float(u) for u in unit],
                 },
             )
         )
@@ -119,15 +123,24 @@ def _channel_name(sd: Any, setup: int) -> str:
     return text
 
 
-def _source(sd: Any, loader: Any, setups: list[int], tp: int, size_zyx: tuple[int, ...]) -> Any:
+def _source(
+    sd: Any,
+    loader: Any,
+    setups: list[int],
+    tp: int,
+    size_zyx: tuple[int, ...],
+    files: dict[Any, Any],
+) -> Any:
     shape = (len(setups), *size_zyx)
     if loader is None:
         return UnreadableSource(shape, np.uint16, f"{sd.path}: the project has no <ImageLoader>")
     if loader.format == "bdv.hdf5" and isinstance(loader.path, Path):
         if loader.path.is_file():
-            from tilefuse.io.bdv_read import BdvSource
+            from tilefuse.io.bdv_read import BdvFile, BdvSource
 
-            return BdvSource(loader.path, setups, timepoint=tp)
+            if loader.path not in files:
+                files[loader.path] = BdvFile(loader.path)
+            return BdvSource(files[loader.path], setups, timepoint=tp)
         return UnreadableSource(
             shape, np.uint16, f"{sd.path}: image file {loader.path} (bdv.hdf5) not found"
         )
@@ -197,13 +210,14 @@ def tileset_to_xml(
         added: dict[tuple[int, int], tuple[str, Any]] = {}
         for t in tileset:
             tp, setups = t.metadata["timepoint"], t.metadata["setups"]
-            before = sd.placement_zyx(tp, setups[0])
+            w = _world_unit(t, sd)
+            before = sd.placement_zyx(tp, setups[0], world_unit_um=w)
             if not np.allclose(before[:3, :3], t.affine[:3, :3], rtol=1e-9, atol=1e-12):
                 msg = f"tile {t.name!r}: only translations can be written back as a transform"
                 raise ValueError(msg)
             delta_um = t.offset - before[:3, 3]
             if np.any(np.abs(delta_um) > 1e-12):
-                delta_world = delta_um / sd.world_unit_um(tp, setups[0])
+                delta_world = delta_um / w
                 for s in setups:
                     added[(tp, s)] = (name, translation_xyz(delta_world))
         pairwise = []
@@ -214,7 +228,7 @@ def tileset_to_xml(
                 ti.metadata["setups"][0],
                 tj.metadata["setups"][0],
             )
-            w = sd.world_unit_um(tp, sa)
+            w = _world_unit(ti, sd)
             lo = np.maximum(report.offsets_before[k.i], report.offsets_before[k.j])
             hi = np.minimum(
                 report.offsets_before[k.i] + np.asarray(ti.shape) * ti.voxel_size,
@@ -250,17 +264,30 @@ def tileset_to_xml(
     return path
 
 
+def _world_unit(tile: Any, sd: Any) -> NDArray[np.float64]:
+    """The world unit (z, y, x) a tile was opened with, else the project's own."""
+    if "world_unit_um" in tile.metadata:
+        return np.asarray(tile.metadata["world_unit_um"], dtype=float)
+    tp, setup = tile.metadata["timepoint"], tile.metadata["setups"][0]
+    return np.asarray(sd.world_unit_um(tp, setup), dtype=float)
+
+
 def load_positions(
-    tileset: Tileset, xml: str | os.PathLike[str], *, timepoint: int | None = None
+    tileset: Tileset,
+    xml: str | os.PathLike[str],
+    *,
+    timepoint: int | None = None,
+    world_unit_um: Any = None,
 ) -> Tileset:
     """Placements from a project for an existing tileset; see `Tileset.load_positions`."""
     import dataclasses
 
     from tilefuse.errors import IncompatibleTilesError
-    from tilefuse.io.spimdata import read_spimdata
+    from tilefuse.io.spimdata import check_world_unit, read_spimdata
     from tilefuse.tileset import Tileset
 
     sd = read_spimdata(xml)
+    given = None if world_unit_um is None else check_world_unit(world_unit_um, sd.path)
     tp = sd.timepoints[0] if timepoint is None else timepoint
     groups = sd.tiles(tp)
     ids = sorted(groups)
@@ -281,7 +308,15 @@ def load_positions(
                 f"is {t.shape}: the tiles do not correspond"
             )
             raise IncompatibleTilesError(msg)
-        tiles.append(dataclasses.replace(t, affine=sd.placement_zyx(tp, groups[tid][0])))
+        if given is not None:
+            unit = given
+        elif "world_unit_um" in t.metadata:  # what the tiles were opened with
+            unit = np.asarray(t.metadata["world_unit_um"], dtype=float)
+        else:
+            unit = np.asarray(sd.world_unit_um(tp, groups[tid][0]), dtype=float)
+        meta = {**t.metadata, "world_unit_um": [float(u) for u in unit]}
+        affine = sd.placement_zyx(tp, groups[tid][0], world_unit_um=unit)
+        tiles.append(dataclasses.replace(t, affine=affine, metadata=meta))
     return Tileset(tiles, tileset.voxel_size)
 
 

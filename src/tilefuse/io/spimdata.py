@@ -50,6 +50,7 @@ __all__ = [
     "SpimData",
     "ViewSetup",
     "ViewTransform",
+    "check_world_unit",
     "read_spimdata",
     "unit_to_um",
 ]
@@ -246,6 +247,7 @@ class SpimData:
     missing_views: set[tuple[int, int]]
     registrations: dict[tuple[int, int], list[ViewTransform]]
     tree: Any = field(default=None, compare=False, repr=False)
+    _warned: set[str] = field(default_factory=set, compare=False, repr=False)
 
     # -- views --------------------------------------------------------------------------------
     def views(self, timepoint: int | None = None) -> list[tuple[int, int]]:
@@ -348,75 +350,110 @@ class SpimData:
         """
         return _SWAP @ self.affine_xyz(timepoint, setup) @ _SWAP
 
-    def world_unit_um(self, timepoint: int, setup: int) -> float:
-        """Micrometres per world unit for one view (the XML does not record it).
+    def world_unit_um(self, timepoint: int, setup: int) -> tuple[float, float, float]:
+        """Micrometres per world unit (z, y, x) for one view (the XML does not record it).
 
-        Rule: the view's first-applied (last written) transform must be a
-        diagonal scale ``c`` (zero off-diagonal terms) proportional to the
-        setup's voxel size ``v``, i.e. ``v / c`` is the same on all three axes
-        (relative tolerance 1e-4); that common value is the world unit. This
-        covers BigStitcher's ``calibration = diag(v / min(v))`` (world unit =
-        the smallest voxel size), BigDataViewer's export ``diag(v)`` (world =
-        physical units, world unit 1) and any isotropic dataset whose first
-        transform has an identity linear part (world unit = the voxel size).
+        Rules, on the view's first-applied (last written) transform ``c`` and
+        the setup's voxel size ``v``:
+
+        - **calibration**: ``c`` is a diagonal scale proportional to ``v``
+          (``v / c`` equal on the three axes, relative tolerance 1e-4): the
+          world is isotropic and one world unit is that common value on every
+          axis. This covers BigStitcher's ``calibration = diag(v / min(v))``
+          (world unit = the smallest voxel size), BigDataViewer's export
+          ``diag(v)`` (world = physical units, 1) and isotropic voxels with no
+          calibration;
+        - **no calibration** (``c`` has an identity linear part, as a
+          translation, or is a registration affine with off-diagonal terms):
+          the world is BigDataViewer's pixel world, world axis k is one voxel
+          of axis k, so the unit is ``v`` per axis; a warning says so when the
+          voxels are anisotropic.
+
         For a unitless voxel size (``unit == "pixel"``) the result is in those
         unitless units.
+
+        Returns
+        -------
+        tuple of 3 floats
+            (z, y, x).
 
         Raises
         ------
         UnsupportedFormatError
-            If the setup has no voxel size or the first-applied transform does
-            not match the rule (e.g. anisotropic voxels with no calibration):
-            pass the world unit to `placement_zyx` yourself.
+            If the setup has no voxel size, or ``c`` is a diagonal scale that is
+            neither identity nor proportional to ``v`` (its meaning is unknown):
+            pass ``world_unit_um=(z, y, x)`` to `placement_zyx` yourself.
         """
         vs = self._setup(setup).voxel_size_zyx
         transforms = self._transforms(timepoint, setup)
         where = f"{self.path}: view (timepoint {timepoint}, setup {setup})"
         if vs is None:
-            msg = f"{where}: no <voxelSize>, so the world unit is unknown; pass world_unit_um="
+            msg = (
+                f"{where}: no <voxelSize>, so the world unit is unknown; pass "
+                "world_unit_um=(z, y, x)"
+            )
             raise UnsupportedFormatError(msg)
         matrices = self._matrices(timepoint, setup)
         first = matrices[-1] if matrices else np.eye(4)
         unit = _unit_from_calibration(first, np.asarray(vs[::-1], dtype=np.float64))
-        if unit is None:
-            name = transforms[-1].name if transforms else "identity"
-            msg = (
-                f"{where}: cannot tell the world unit: the first-applied transform "
-                f"<ViewTransform> {name!r} is not a diagonal scale proportional to the "
-                f"voxel size (z, y, x) {vs} {self.setups[setup].unit}; pass world_unit_um="
-            )
-            raise UnsupportedFormatError(msg)
-        return unit
+        if unit is not None:
+            return (unit, unit, unit)
+        lin = first[:3, :3]
+        name = transforms[-1].name if transforms else "identity"
+        if np.array_equal(lin, np.eye(3)) or np.any(lin - np.diag(np.diag(lin))):
+            if "pixel-world" not in self._warned:  # once per file, not per view
+                self._warned.add("pixel-world")
+                logger.warning(
+                    "%s: no calibration transform (the first-applied <ViewTransform> %r is "
+                    "not a scale proportional to the voxel size): world units are voxels, as "
+                    "in BigDataViewer; placements are world x voxel size (z, y, x) %s %s. "
+                    "Pass world_unit_um=(z, y, x) to override.",
+                    self.path,
+                    name,
+                    vs,
+                    self.setups[setup].unit,
+                )
+            return (float(vs[0]), float(vs[1]), float(vs[2]))
+        msg = (
+            f"{where}: cannot tell the world unit: the first-applied transform "
+            f"<ViewTransform> {name!r} is a diagonal scale that is neither identity nor "
+            f"proportional to the voxel size (z, y, x) {vs} {self.setups[setup].unit}; "
+            "pass world_unit_um=(z, y, x)"
+        )
+        raise UnsupportedFormatError(msg)
 
     def placement_zyx(
         self,
         timepoint: int,
         setup: int,
         *,
-        world_unit_um: float | ArrayLike | None = None,
+        world_unit_um: ArrayLike | None = None,
     ) -> NDArray[np.float64]:
         """The view's placement in micrometres: (z, y, x) voxel indices to world µm.
 
-        ``diag(w, w, w, 1) @ affine_zyx`` with ``w`` = `world_unit_um` (inferred
-        by the method of that name unless given). When the setup's unit is
-        ``"pixel"`` the result is in the file's unitless units.
+        ``diag(w_z, w_y, w_x, 1) @ affine_zyx`` with ``w`` = `world_unit_um`
+        (inferred by the method of that name unless given). When the setup's
+        unit is ``"pixel"`` the result is in the file's unitless units.
 
         Parameters
         ----------
         timepoint, setup : int
             The view.
-        world_unit_um : float or array_like of 3 floats, optional
-            Micrometres per world unit, one value or (z, y, x); overrides the
-            inference.
+        world_unit_um : array_like of 3 floats, optional
+            Micrometres per world unit (z, y, x); overrides the inference. A
+            single number is refused: in a pixel world the axes differ, and a
+            scalar would silently apply the x/y value to z.
 
         Notes
         -----
         BigDataViewer puts pixel centres at integer coordinates; the affine is
         returned as BDV defines it (no half-voxel shift).
         """
-        w = self.world_unit_um(timepoint, setup) if world_unit_um is None else world_unit_um
-        scale = np.diag([*np.broadcast_to(np.asarray(w, dtype=np.float64), (3,)), 1.0])
-        return scale @ self.affine_zyx(timepoint, setup)
+        if world_unit_um is None:
+            w = np.asarray(self.world_unit_um(timepoint, setup), dtype=np.float64)
+        else:
+            w = check_world_unit(world_unit_um, self.path)
+        return np.diag([*w, 1.0]) @ self.affine_zyx(timepoint, setup)
 
     # -- helpers ------------------------------------------------------------------------------
     def _setup(self, setup: int) -> ViewSetup:
@@ -477,6 +514,28 @@ def _unit_from_calibration(
     if np.any(np.abs(units - mid) > _CALIBRATION_RTOL * mid):
         return None
     return mid
+
+
+def check_world_unit(value: ArrayLike, where: object = "world_unit_um") -> NDArray[np.float64]:
+    """A world unit as 3 positive finite micrometre values (z, y, x).
+
+    Raises
+    ------
+    ValueError
+        For a scalar (ambiguous in a pixel world: it would silently apply the
+        x/y value to z) or anything but 3 positive finite numbers.
+    """
+    w = np.asarray(value, dtype=np.float64)
+    if w.shape != (3,) or not np.all(np.isfinite(w)) or np.any(w <= 0):
+        hint = (
+            ": a single number would apply to z too; give (z, y, x), e.g. the voxel size "
+            "for a pixel-world project"
+            if w.ndim == 0
+            else ""
+        )
+        msg = f"{where}: world_unit_um must be 3 positive numbers (z, y, x), got {value!r}{hint}"
+        raise ValueError(msg)
+    return w
 
 
 def unit_to_um(unit: str | None) -> float | None:

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
     from tilefuse.io.spimdata import SpimData
 
-__all__ = ["BIGSTITCHER_EXTRAS", "write_spimdata"]
+__all__ = ["BIGSTITCHER_EXTRAS", "relative_path", "write_spimdata"]
 
 #: root children BigStitcher always writes (empty ones are harmless for BigDataViewer)
 BIGSTITCHER_EXTRAS = (
@@ -58,7 +58,8 @@ def write_spimdata(
         A project read with `tilefuse.io.spimdata.read_spimdata`.
     path : str or PathLike
         Output XML. Relative image paths stay valid: when the output is in
-        another folder, ``<BasePath>`` becomes the original base, absolute.
+        another folder, ``<BasePath>`` is recomputed relative to it (the
+        project stays portable: move the XML and images together).
     add_transforms : dict, optional
         ``(timepoint, setup) -> (name, affine)`` with ``affine`` a 3x4 or
         4x4 XYZ matrix in world units, inserted as the view's first
@@ -110,8 +111,10 @@ def write_spimdata(
         if base is None:
             base = etree.Element("BasePath")
             root.insert(0, base)
-        base.set("type", "absolute")
-        base.text = str(sd.base_path.resolve())
+        base.set("type", "relative")
+        base.text = relative_path(sd.base_path, path.parent)
+        if Path(base.text).is_absolute():  # no relative form (another drive)
+            base.set("type", "absolute")
     for tag in BIGSTITCHER_EXTRAS:
         if root.find(tag) is None:
             etree.SubElement(root, tag)
@@ -135,6 +138,19 @@ def write_spimdata(
     tree.write(str(tmp), xml_declaration=True, encoding="UTF-8", pretty_print=True)
     os.replace(tmp, path)
     return path
+
+
+def relative_path(target: str | os.PathLike[str], start: str | os.PathLike[str]) -> str:
+    """``target`` relative to the folder ``start``, POSIX separators (``.`` for the same folder).
+
+    Falls back to the absolute path when there is no relative one (another drive).
+    """
+    t, s = Path(target).resolve(), Path(start).resolve()
+    try:
+        rel = os.path.relpath(t, s)
+    except ValueError:  # different drives on Windows
+        return t.as_posix()
+    return Path(rel).as_posix()
 
 
 def translation_xyz_from_xyz(shift_xyz: Any) -> Any:
