@@ -37,6 +37,7 @@ MODULES = [
     "tilefuse.pyramid",
     "tilefuse.geometry",
     "tilefuse.source",
+    "tilefuse.data",
 ]
 OUT = Path(__file__).with_name("api.md")
 

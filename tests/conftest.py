@@ -13,12 +13,31 @@ from tilefuse.source import ArraySource
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+def locate_real_data(shared: Path = SHARED_DATA, downloader=None) -> tuple[Path | None, str]:
+    """The real files: ``shared`` when it holds them all, else the tilefuse.data cache.
+
+    Returns the folder (or None) and, when None, the reason to skip: it names the data registry
+    (``tilefuse.data``) that would have fetched the files.
+    """
+    from tilefuse import data
+
+    try:
+        return data.find(shared, downloader=downloader), ""
+    except Exception as e:  # offline, pooch missing, a bad download: all mean "no data here"
+        return None, (
+            f"real test data: {shared} is absent and the tilefuse.data registry "
+            f"({len(data.REGISTRY)} public files, fetched with pooch) could not fetch it: "
+            f"{type(e).__name__}: {e}"
+        )
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """The real files in ../shared/data (skip when this checkout has none beside it)."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"real test data not found at {SHARED_DATA} (clone with ../shared beside it)")
-    return SHARED_DATA
+    """The real files: ../shared/data, or the same files fetched by the tilefuse.data registry."""
+    root, reason = locate_real_data()
+    if root is None:
+        pytest.skip(reason)
+    return root
 
 
 class CountingSource(ArraySource):

@@ -4,6 +4,7 @@ import subprocess
 import sys
 import xml.etree.ElementTree as ET
 
+import h5py
 import numpy as np
 import pytest
 
@@ -13,7 +14,6 @@ from tilefuse.io.bdv import BdvView, propose_mipmaps, write_bdv
 from tilefuse.pyramid import downsample
 from tilefuse.synthetic import make_volume
 
-h5py = pytest.importorskip("h5py")
 LINT = SHARED_DATA.parent / "tools" / "spimdata_lint.py"
 
 
@@ -107,8 +107,9 @@ def test_other_dtypes_native_with_datatype_attribute(tmp_path, dtype):
 
 
 def test_independent_readers_npy2bdv_and_pybdv(tmp_path):
-    npy2bdv = pytest.importorskip("npy2bdv")
-    pybdv_metadata = pytest.importorskip("pybdv.metadata")
+    import npy2bdv
+    from pybdv import metadata as pybdv_metadata
+
     img, _ = make_volume((12, 140, 150), seed=2)
     two = np.stack([img, img // 2])
     g = MultiScaleGroup.create(
@@ -156,8 +157,9 @@ def test_fused_labels_to_bdv(tmp_path):
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
 @pytest.mark.parametrize("levels", [1, 3])
 def test_per_tile_export_read_by_npy2bdv_pybdv_h5py(tmp_path, dtype, levels):
-    npy2bdv = pytest.importorskip("npy2bdv")
-    pybdv_metadata = pytest.importorskip("pybdv.metadata")
+    import npy2bdv
+    from pybdv import metadata as pybdv_metadata
+
     from tilefuse import Tileset
     from tilefuse.synthetic import cut_tiles
 

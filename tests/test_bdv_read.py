@@ -3,6 +3,7 @@
 import pickle
 from concurrent.futures import ThreadPoolExecutor
 
+import h5py
 import numpy as np
 import pytest
 
@@ -15,8 +16,6 @@ from tilefuse.errors import (
 from tilefuse.io.bdv import BdvView, propose_mipmaps, write_bdv
 from tilefuse.io.bdv_read import BdvFile, BdvLevel, BdvSource
 from tilefuse.source import PixelSource
-
-h5py = pytest.importorskip("h5py")
 
 
 @pytest.fixture

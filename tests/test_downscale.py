@@ -1,14 +1,12 @@
 """Downscale on read: equals block_reduce / striding of the full tile, while reading less."""
 
 import numpy as np
-import pytest
+from skimage import measure as skimage_measure
 
 from conftest import CountingSource
 from tilefuse import Tile, Tileset
 from tilefuse.geometry import affine_from_offset
 from tilefuse.synthetic import cut_tiles, make_volume
-
-skimage_measure = pytest.importorskip("skimage.measure")
 
 
 def test_mean_equals_block_reduce_and_stride_reads_fewer_planes():

@@ -2,6 +2,7 @@
 
 import pickle
 
+import h5py
 import numpy as np
 import pytest
 
@@ -9,8 +10,6 @@ from tilefuse import Tileset
 from tilefuse.errors import MissingTileError, UnsupportedFormatError
 from tilefuse.io.h5 import H5Source, list_datasets
 from tilefuse.synthetic import cut_tiles, make_volume
-
-h5py = pytest.importorskip("h5py")
 
 
 def test_hdf5_masks_fuse_like_arrays(tmp_path):

@@ -76,12 +76,12 @@ def test_preview_reads_only_the_planes_it_needs():
 
 
 def test_png_and_show_slice(tmp_path):
-    imagecodecs = pytest.importorskip("imagecodecs")
+    import imagecodecs
+
     img = np.arange(100 * 120, dtype=np.float32).reshape(100, 120)
     path = to_png(img, tmp_path / "p.png")
     back = imagecodecs.png_decode(path.read_bytes())
     assert back.shape == (100, 120) and back.dtype == np.uint8 and back.max() == 255
-    pytest.importorskip("matplotlib")
     import matplotlib
 
     matplotlib.use("Agg")

@@ -1,5 +1,6 @@
 """JPEG 2000 tiles: real files, lossless round trip, exm offsets, fusion equal to TIFF."""
 
+import imagecodecs
 import numpy as np
 import pytest
 
@@ -8,8 +9,6 @@ from tilefuse.errors import TileConfigError, UnsupportedFormatError
 from tilefuse.io.jp2 import Jp2Source, read_exm_offsets, write_jp2
 from tilefuse.io.tiff import write_tiff
 from tilefuse.synthetic import cut_tiles, make_volume
-
-imagecodecs = pytest.importorskip("imagecodecs")
 
 
 def test_real_codestream_and_rgb_jp2(shared_data):

@@ -1,14 +1,13 @@
 """ND2 tiles: real NIS-Elements files, stage positions, timepoints, position tables."""
 
+import nd2
 import numpy as np
 import pytest
+import yaml
 
 from tilefuse import Tileset
 from tilefuse.errors import UnsupportedFormatError
 from tilefuse.io.nd2 import DEFAULT_STAGE_SIGNS, Nd2Source, nd2_positions
-
-nd2 = pytest.importorskip("nd2")
-yaml = pytest.importorskip("yaml")
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import ome_zarr_models
 import pytest
 import zarr
 
@@ -8,8 +9,6 @@ from tilefuse import MultiScaleGroup, Tileset
 from tilefuse.errors import OutputExistsError, StoreError
 from tilefuse.pyramid import downsample
 from tilefuse.synthetic import cut_tiles, make_volume
-
-ome_zarr_models = pytest.importorskip("ome_zarr_models")
 
 MODES = [
     pytest.param({"version": "0.5", "shards": True}, id="0.5-sharded"),
@@ -104,7 +103,7 @@ def test_ngff_metadata_details(tmp_path):
 
 
 def test_multichannel_omero_and_ome_zarr_reader(tmp_path):
-    ome_reader = pytest.importorskip("ome_zarr.reader")
+    from ome_zarr import reader as ome_reader
     from ome_zarr.io import parse_url
 
     path = tmp_path / "mc.ome.zarr"
@@ -121,7 +120,6 @@ def test_multichannel_omero_and_ome_zarr_reader(tmp_path):
 
 
 def test_ome_zarr_reader_v04(tmp_path):
-    pytest.importorskip("ome_zarr.reader")
     from ome_zarr.io import parse_url
     from ome_zarr.reader import Reader
 

@@ -1,13 +1,12 @@
 from pathlib import Path
 
+import distributed
 import numpy as np
 import pytest
 
 from tilefuse import Tileset
 from tilefuse.io.tiff import write_tiff
 from tilefuse.synthetic import cut_tiles, make_volume
-
-distributed = pytest.importorskip("distributed")
 
 
 def store_bytes(path: Path) -> dict[str, bytes]:

@@ -1,13 +1,12 @@
 """Tilesets from BigStitcher/BDV projects, and per-tile BDV export read back."""
 
+import lxml  # noqa: F401
 import numpy as np
 import pytest
 
 from tilefuse import MissingTileError, Tileset
 from tilefuse.cli import main
 from tilefuse.synthetic import cut_tiles, make_volume
-
-pytest.importorskip("lxml")
 
 
 def test_sixteen_tile_project_without_images(shared_data, capsys):

@@ -4,17 +4,16 @@ import subprocess
 import sys
 from collections import Counter
 
+import lxml  # noqa: F401
 import numpy as np
 import pytest
 
 from conftest import SHARED_DATA
 from tilefuse import Tileset
 from tilefuse.errors import IncompatibleTilesError, OutputExistsError
-from tilefuse.synthetic import cut_tiles, make_volume
-
-pytest.importorskip("lxml")
 from tilefuse.io.spimdata import read_spimdata
 from tilefuse.io.spimdata_write import BIGSTITCHER_EXTRAS, write_spimdata
+from tilefuse.synthetic import cut_tiles, make_volume
 
 LINT = SHARED_DATA.parent / "tools" / "spimdata_lint.py"
 FIXTURES = sorted((SHARED_DATA / "bigstitcher-xml").glob("*.xml")) if SHARED_DATA.is_dir() else []
