@@ -49,8 +49,9 @@ def test_reads_only_the_frames_a_region_needs(nd2_dir):
     src = Nd2Source(nd2_dir / "example-zstack.nd2")
     src.read((slice(0, 1), slice(0, 1), slice(0, 1)))  # opens the file
     calls = []
-    real = src._file.read_frame
-    src._file.read_frame = lambda i: calls.append(i) or real(i)
+    handle = src._handle()  # the open ND2File
+    real = handle.read_frame
+    handle.read_frame = lambda i: calls.append(i) or real(i)
     src.read((slice(4, 6), slice(0, 128), slice(0, 128)))
     assert calls == [4, 5]
     src.close()

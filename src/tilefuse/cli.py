@@ -33,6 +33,10 @@ def _open(args: argparse.Namespace) -> Tileset:
     from tilefuse.tileset import Tileset
 
     opts: dict[str, Any] = {}
+    if getattr(args, "format", None):
+        opts["format"] = args.format
+    if getattr(args, "positions", None):
+        opts["positions"] = args.positions
     if getattr(args, "voxel_size", None):
         opts["voxel_size"] = tuple(args.voxel_size)
     if getattr(args, "skip_missing", False):
@@ -265,11 +269,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
 
+    from tilefuse.io.registry import reader_names, supported_inputs
+
+    formats = f"input formats (detected by suffix and content, or --format):\n{supported_inputs()}"
+
     def add_input(sp: argparse.ArgumentParser) -> None:
+        sp.formatter_class = argparse.RawDescriptionHelpFormatter
+        sp.epilog = formats
+        sp.add_argument("input", help="the tiles: a file or folder in one of the formats below")
         sp.add_argument(
-            "input",
-            help="TileConfiguration*.txt (or a folder holding one), BigStitcher/BDV .xml, .nd2 "
-            "(or a folder of them), OME-Zarr image(s)",
+            "--format", choices=reader_names(), help="read INPUT as this format (skip detection)"
+        )
+        sp.add_argument(
+            "--positions",
+            metavar="FILE",
+            help="positions file (.csv or exm .npy) for a folder of tile files",
         )
         sp.add_argument(
             "--voxel-size",

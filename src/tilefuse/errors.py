@@ -12,6 +12,8 @@ __all__ = [
     "LabelError",
     "MissingTileError",
     "OutputExistsError",
+    "ReaderOptionError",
+    "RegionError",
     "SelectionError",
     "StoreError",
     "TileConfigError",
@@ -58,3 +60,11 @@ class StoreError(TilefuseError, OSError):
 
 class SelectionError(TilefuseError, ValueError):
     """A timepoint, angle, channel or level was asked for that the input does not have."""
+
+
+class RegionError(TilefuseError, ValueError, IndexError):
+    """A pixel region is not 3 step-1 slices (z, y, x)."""
+
+
+class ReaderOptionError(TilefuseError, TypeError):
+    """An option was given to an input reader that does not take it."""

@@ -15,18 +15,16 @@ import numpy as np
 from tilefuse.errors import (
     EmptyTilesetError,
     IncompatibleTilesError,
-    MissingTileError,
     OutputExistsError,
     StoreError,
-    UnsupportedFormatError,
 )
 from tilefuse.geometry import (
     INTEGER_TOL,
-    affine_from_offset,
     boxes_of,
     overlapping_pairs,
     voxel_slices,
 )
+from tilefuse.io.positions import parse_offsets as _parse_offsets
 from tilefuse.tile import Tile
 
 if TYPE_CHECKING:
@@ -38,15 +36,6 @@ if TYPE_CHECKING:
 __all__ = ["Overlap", "Tileset"]
 
 logger = logging.getLogger(__name__)
-
-_TILECONFIG_NAMES = ("TileConfiguration.registered.txt", "TileConfiguration.txt")
-
-#: what `Tileset.open` (and the CLI's INPUT) accepts, for error messages
-SUPPORTED_INPUTS = (
-    "a TileConfiguration*.txt file or a folder holding one; a BigStitcher/BDV project .xml "
-    "(or its .h5 next to it); an .nd2 file or a folder of them; an OME-Zarr image, store of "
-    "images or folder of *.zarr images; an HDF5 file of tile datasets with offsets="
-)
 
 
 @dataclass(frozen=True)
@@ -177,10 +166,11 @@ class Tileset(Sequence[Tile]):
         MissingTileError
             If a file does not exist and ``skip_missing`` is false.
         """
+        from tilefuse.io.positions import file_tiles
         from tilefuse.io.tiff import TiffSource
 
         offs = _parse_offsets(offsets, len(files))
-        return cls(_file_tiles(files, offs, voxel_size, TiffSource, skip_missing), voxel_size)
+        return cls(file_tiles(files, offs, voxel_size, TiffSource, skip_missing), voxel_size)
 
     @classmethod
     def from_jp2(
@@ -210,10 +200,11 @@ class Tileset(Sequence[Tile]):
             Drop absent files (logged) instead of raising.
         """
         from tilefuse.io.jp2 import Jp2Source
+        from tilefuse.io.positions import file_tiles, offsets_from
 
-        offs = _offsets_from(offsets, len(files))
+        offs = offsets_from(offsets, len(files))
         return cls(
-            _file_tiles(files, offs, voxel_size, lambda f: Jp2Source(f, components), skip_missing),
+            file_tiles(files, offs, voxel_size, lambda f: Jp2Source(f, components), skip_missing),
             voxel_size,
         )
 
@@ -241,21 +232,9 @@ class Tileset(Sequence[Tile]):
             Dataset names in tile order (default: every 2D/3D dataset,
             natural-sorted, so ``tile_2`` comes before ``tile_10``).
         """
-        from tilefuse.io.h5 import H5Source, list_datasets
+        from tilefuse.io.h5 import open_hdf5
 
-        names = list(datasets) if datasets is not None else list_datasets(path)
-        offs = _offsets_from(offsets, len(names))
-        tiles = [
-            Tile(
-                H5Source(path, n),
-                affine_from_offset(voxel_size, o),
-                name=n,
-                index=i,
-                metadata={"path": str(path), "dataset": n},
-            )
-            for i, (n, o) in enumerate(zip(names, offs, strict=True))
-        ]
-        return cls(tiles, voxel_size)
+        return cls(open_hdf5(path, offsets, voxel_size, datasets=datasets), voxel_size)
 
     @classmethod
     def from_nd2(
@@ -288,39 +267,11 @@ class Tileset(Sequence[Tile]):
         Tileset
             Voxel size from the files' calibration; channels named as in the file.
         """
-        from tilefuse.io.nd2 import DEFAULT_STAGE_SIGNS, Nd2Source, nd2_positions
+        from tilefuse.io.nd2 import open_nd2
 
-        files = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-        sources, stage = [], []
-        for f in files:
-            for pos in nd2_positions(f, timepoint):
-                sources.append(Nd2Source(f, pos.index, timepoint))
-                stage.append(pos.stage_zyx_um)
-        table = np.asarray(positions_um if positions_um is not None else stage, dtype=float)
-        if table.shape != (len(sources), 3):
-            msg = f"positions_um must be ({len(sources)}, 3) (stage Z, Y, X); got {table.shape}"
-            raise ValueError(msg)
-        signs = DEFAULT_STAGE_SIGNS if stage_signs is None else stage_signs
-        return cls._from_sources(sources, table, signs)
-
-    @classmethod
-    def _from_sources(
-        cls, sources: Sequence[Any], stage_zyx: ArrayLike, signs: ArrayLike
-    ) -> Tileset:
-        """Tiles from positioned sources (their own voxel sizes) and stage positions (um)."""
-        offs = np.asarray(stage_zyx, dtype=float) * np.asarray(signs, dtype=float)
-        tiles = [
-            Tile(
-                s,
-                affine_from_offset(s.voxel_size_zyx, o),
-                name=f"{Path(s.path).stem}_p{s.position}",
-                index=i,
-                channels=tuple(s.channel_names),
-                metadata={"path": str(s.path), "position": s.position, "stage_zyx_um": list(o)},
-            )
-            for i, (s, o) in enumerate(zip(sources, offs, strict=True))
-        ]
-        return cls(tiles)
+        return cls(
+            open_nd2(paths, timepoint=timepoint, stage_signs=stage_signs, positions_um=positions_um)
+        )
 
     @classmethod
     def from_ome_zarr(
@@ -342,11 +293,9 @@ class Tileset(Sequence[Tile]):
         timepoint : int
             Timepoint for images with a ``t`` axis.
         """
-        from tilefuse.io.ome_zarr_tiles import find_images, image_tile
+        from tilefuse.io.ome_zarr_tiles import open_ome_zarr
 
-        items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-        images = [img for p in items for img in find_images(p)]
-        return cls([image_tile(p, level, timepoint, i) for i, p in enumerate(images)])
+        return cls(open_ome_zarr(paths, level=level, timepoint=timepoint))
 
     @classmethod
     def from_bigstitcher(
@@ -478,93 +427,61 @@ class Tileset(Sequence[Tile]):
         MissingTileError
             If a listed tile does not exist and ``skip_missing`` is false.
         """
-        from tilefuse.io.tiff import TiffSource
-        from tilefuse.io.tileconfig import read_tileconfig
+        from tilefuse.io.tileconfig import open_tileconfig
 
-        cfg = read_tileconfig(path)
         vs = np.asarray(voxel_size, dtype=float)
-        tiles: list[Tile] = []
-        for e in cfg.entries:
-            f = cfg.resolve(e)
-            if not f.is_file():
-                if skip_missing:
-                    logger.warning("%s:%d: skipping missing tile %s", cfg.path, e.line, f)
-                    continue
-                msg = f"{cfg.path}:{e.line}: tile {e.file!r} not found at {f}"
-                raise MissingTileError(msg)
-            src = TiffSource(f, series=e.series or 0)
-            if cfg.dim == 2 and src.shape[1] != 1:
-                msg = f"{cfg.path}:{e.line}: dim = 2 but {f.name} has {src.shape[1]} planes"
-                raise IncompatibleTilesError(msg)
-            offset = np.asarray(e.position_px) * vs
-            tiles.append(
-                Tile(
-                    src,
-                    affine_from_offset(vs, offset),
-                    name=e.file,
-                    index=len(tiles),
-                    metadata={"path": str(f), "series": e.series, "line": e.line},
-                )
-            )
-        if not tiles:
-            msg = f"{cfg.path}: none of the listed tiles exist"
-            raise EmptyTilesetError(msg)
-        return cls(tiles, vs)
+        return cls(open_tileconfig(path, vs, skip_missing=skip_missing), vs)
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], **options: Any) -> Tileset:
-        """Open a tileset from a path, detecting its kind by suffix and content.
+    def open(
+        cls, path: str | os.PathLike[str], *, format: str | None = None, **options: Any
+    ) -> Tileset:
+        """Open a tileset from a path, detecting its format by suffix and content.
+
+        The formats are the readers of `tilefuse.io.registry` (``tilefuse info
+        --help`` lists them), tried in order; the first that recognises the path
+        opens it. Built in:
 
         ======================================  =====================================
-        input                                   reader
+        input                                   reader (format name)
         ======================================  =====================================
-        ``TileConfiguration*.txt``, or a        `from_tileconfig` (the
-        folder holding one                      ``.registered.txt`` one is preferred)
-        ``*.xml`` (BigStitcher / BDV project)   `from_bigstitcher`
-        ``*.nd2``, or a folder of them          `from_nd2`
-        an OME-Zarr image / store of images,    `from_ome_zarr`
+        ``TileConfiguration*.txt``, or a        ``tileconfig`` (`from_tileconfig`;
+        folder holding one                      the ``.registered.txt`` is preferred)
+        MIST ``global-positions-*.txt``, or a   ``mist`` (`tilefuse.io.mist`)
+        folder holding one
+        ``*.xml`` (BigStitcher / BDV project)   ``bigstitcher`` (`from_bigstitcher`)
+        or the ``.h5`` beside it
+        ``*.nd2``, or a folder of them          ``nd2`` (`from_nd2`)
+        an OME-Zarr image / store of images,    ``ome-zarr`` (`from_ome_zarr`)
         or a folder of ``*.zarr`` images
-        ``*.h5`` / ``*.hdf5`` with ``offsets=``  `from_hdf5` (one dataset per tile)
+        a folder of ``.tif``/``.jp2`` tiles     ``positions`` (`tilefuse.io.positions`)
+        with a positions ``.csv`` or exm
+        ``.npy``, or that positions file
+        ``*.h5`` / ``*.hdf5`` with ``offsets=``  ``hdf5`` (`from_hdf5`, one dataset per tile)
         ======================================  =====================================
 
-        ``options`` go to the reader (e.g. ``voxel_size=``, ``timepoint=``).
+        Parameters
+        ----------
+        path : str or PathLike
+            The input.
+        format : str, optional
+            A reader's name, to skip detection.
+        **options
+            Go to the reader (e.g. ``voxel_size=``, ``timepoint=``, ``positions=``).
 
         Raises
         ------
         UnsupportedFormatError
-            If the path is none of the supported inputs (the message lists them).
+            If no reader recognises the path (the message lists the formats).
         MissingTileError
             If the path does not exist.
+        ReaderOptionError
+            If the reader does not take one of ``options``.
         """
-        p = Path(path)
-        if not p.exists():
-            msg = f"input not found: {p}"
-            raise MissingTileError(msg)
-        suffix = p.suffix.lower()
-        if p.is_dir():
-            for name in _TILECONFIG_NAMES:
-                if (p / name).is_file():
-                    return cls.from_tileconfig(p / name, **options)
-            cands = sorted(p.glob("TileConfiguration*.txt"))
-            if cands:
-                return cls.from_tileconfig(cands[0], **options)
-            nd2s = sorted(p.glob("*.nd2"))
-            if nd2s:
-                return cls.from_nd2(nd2s, **options)
-            if _is_zarr(p) or any(_is_zarr(c) for c in p.glob("*.zarr")):
-                return cls.from_ome_zarr(p, **options)
-        elif suffix == ".txt":
-            return cls.from_tileconfig(p, **options)
-        elif suffix == ".xml":
-            return cls.from_bigstitcher(p, **options)
-        elif suffix == ".nd2":
-            return cls.from_nd2(p, **options)
-        elif suffix in (".h5", ".hdf5") and "offsets" in options:
-            return cls.from_hdf5(p, **options)
-        elif suffix in (".h5", ".hdf5") and p.with_suffix(".xml").is_file():
-            return cls.from_bigstitcher(p.with_suffix(".xml"), **options)
-        msg = f"cannot open {p}: supported inputs are {SUPPORTED_INPUTS}"
-        raise UnsupportedFormatError(msg)
+        from tilefuse.io.registry import open_tiles
+
+        tiles = open_tiles(path, format=format, **options)
+        return tiles if isinstance(tiles, Tileset) else cls(tiles)
 
     # -- sequence protocol --------------------------------------------------------------
     def __len__(self) -> int:
@@ -1072,19 +989,6 @@ def _reindex(tile: Tile, i: int) -> Tile:
     return dataclasses.replace(tile, index=i)
 
 
-def _parse_offsets(offsets: ArrayLike, n: int) -> NDArray[np.float64]:
-    offs = np.asarray(offsets, dtype=float)
-    if offs.ndim == 2 and offs.shape == (n, 2):
-        offs = np.column_stack([np.zeros(n), offs])
-    if offs.shape != (n, 3):
-        msg = f"offsets must have shape ({n}, 3) (z, y, x) for {n} tiles, got {offs.shape}"
-        raise ValueError(msg)
-    if not np.all(np.isfinite(offs)):
-        msg = "offsets must be finite"
-        raise ValueError(msg)
-    return offs
-
-
 class _TileLabels:
     """A label tile as a sliceable (z, y, x) array for `object_table`."""
 
@@ -1094,49 +998,6 @@ class _TileLabels:
     def __getitem__(self, index: Any) -> NDArray[Any]:
         region = index[1:] if index and index[0] is Ellipsis else index
         return self.tile.read(region, channel=0)
-
-
-def _file_tiles(
-    files: Sequence[str | os.PathLike[str]],
-    offsets: NDArray[np.float64],
-    voxel_size: ArrayLike,
-    make_source: Any,
-    skip_missing: bool,
-) -> list[Tile]:
-    """One tile per file (absent files skipped with a warning when asked)."""
-    tiles = []
-    for f, o in zip(files, offsets, strict=True):
-        try:
-            src = make_source(f)
-        except MissingTileError:
-            if not skip_missing:
-                raise
-            logger.warning("skipping missing tile %s", f)
-            continue
-        tiles.append(
-            Tile(
-                src,
-                affine_from_offset(voxel_size, o),
-                name=Path(f).name,
-                index=len(tiles),
-                metadata={"path": str(f)},
-            )
-        )
-    return tiles
-
-
-def _is_zarr(p: Path) -> bool:
-    return p.is_dir() and any((p / f).exists() for f in ("zarr.json", ".zgroup", ".zattrs"))
-
-
-def _offsets_from(offsets: Any, n: int) -> NDArray[np.float64]:
-    """Offsets given as an array, or as an exm ``.npy`` / CSV file."""
-    if isinstance(offsets, (str, os.PathLike)):
-        from tilefuse.io.jp2 import read_exm_offsets, read_offsets_csv
-
-        p = Path(offsets)
-        return read_exm_offsets(p, n)[1] if p.suffix == ".npy" else read_offsets_csv(p, n)
-    return _parse_offsets(offsets, n)
 
 
 def _check_compatible(tiles: Sequence[Tile]) -> None:

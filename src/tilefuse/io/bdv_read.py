@@ -24,14 +24,13 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
 from tilefuse.errors import IncompatibleTilesError, MissingTileError, UnsupportedFormatError
-from tilefuse.source import normalize_region
+from tilefuse.source import Lifecycle, Source, normalize_region
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -94,7 +93,7 @@ def _cells_path(timepoint: int, setup: int, level: int) -> str:
     return f"t{timepoint:05d}/s{setup:02d}/{level}/cells"
 
 
-class BdvFile:
+class BdvFile(Lifecycle):
     """Lazy reader of one BigDataViewer HDF5 file (``.h5``).
 
     The file is checked when the object is made (it must be HDF5 with the BDV
@@ -123,18 +122,14 @@ class BdvFile:
         if not self.path.is_file():
             msg = f"{self.path} is not a file; expected a BigDataViewer HDF5 (.h5) file"
             raise UnsupportedFormatError(msg)
-        self._lock = threading.Lock()
-        self._h5: Any = None
-        self._pid = 0
         self._setup_info: dict[int, _Setup] = {}
         self._levels: dict[tuple[int, int], list[BdvLevel]] = {}
         self._dtypes: dict[int, np.dtype[Any]] = {}
-        with self._lock:
-            f = self._file()
+        with self._locked() as f:
             try:
                 self._setups, self._timepoints = self._scan(f)
             finally:
-                self._close()  # lazy: nothing stays open until the first read
+                self._close_locked()  # lazy: nothing stays open until the first read
 
     # -- metadata -----------------------------------------------------------------
 
@@ -165,11 +160,10 @@ class BdvFile:
             If the setup is absent, or a level's ``cells`` dataset is missing.
         """
         info = self._info(setup)
-        with self._lock:
+        with self._locked() as f:
             tp = self._default_timepoint(setup) if timepoint is None else int(timepoint)
             key = (setup, tp)
             if key not in self._levels:
-                f = self._file()
                 out = []
                 for lvl, (fac, sub) in enumerate(zip(info.factors, info.subdivisions, strict=True)):
                     ds = self._dataset(f, tp, setup, lvl)
@@ -190,7 +184,7 @@ class BdvFile:
         info = self._info(setup)
         if info.data_type is not None:
             return info.data_type
-        with self._lock:
+        with self._src_lock:
             if setup not in self._dtypes:
                 stored = self._stored_dtype(setup)
                 legacy = stored is None or (stored.kind in "iu" and stored.itemsize == 2)
@@ -199,9 +193,9 @@ class BdvFile:
 
     def has_view(self, timepoint: int, setup: int, level: int = 0) -> bool:
         """Whether the ``cells`` dataset of a view exists (and its link resolves)."""
-        with self._lock:
+        with self._locked() as f:
             try:
-                self._file()[_cells_path(timepoint, setup, level)]
+                f[_cells_path(timepoint, setup, level)]
             except KeyError:
                 return False
             return True
@@ -238,8 +232,8 @@ class BdvFile:
             If the setup, the level or the view's ``cells`` dataset is missing.
         """
         dt = self.dtype(setup)
-        with self._lock:
-            ds = self._dataset(self._file(), timepoint, setup, level)
+        with self._locked() as f:
+            ds = self._dataset(f, timepoint, setup, level)
             sel = normalize_region(region, ds.shape)
             out = np.empty([s.stop - s.start for s in sel], dtype=dt)
             _read_into(ds, sel, out)
@@ -249,67 +243,28 @@ class BdvFile:
         self, timepoint: int, setup: int, level: int, region: Region, out: NDArray[Any]
     ) -> None:
         """Read a clipped region straight into ``out`` (C-contiguous, logical dtype)."""
-        with self._lock:
-            _read_into(self._dataset(self._file(), timepoint, setup, level), region, out)
-
-    # -- lifecycle ----------------------------------------------------------------
-
-    def close(self) -> None:
-        """Close the HDF5 handle (it reopens on the next read)."""
-        with self._lock:
-            self._close()
-
-    def __enter__(self) -> BdvFile:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state.update(_lock=None, _h5=None, _pid=0)
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
-
-    def __del__(self) -> None:
-        h5 = getattr(self, "_h5", None)
-        if h5 is not None and getattr(self, "_pid", 0) == os.getpid():
-            with contextlib.suppress(Exception):  # interpreter shutdown
-                h5.close()
+        with self._locked() as f:
+            _read_into(self._dataset(f, timepoint, setup, level), region, out)
 
     def __repr__(self) -> str:
         return f"BdvFile({str(self.path)!r}, setups={self._setups}, timepoints={self._timepoints})"
 
     # -- internals (callers hold the lock) ----------------------------------------
 
-    def _file(self) -> Any:
-        """The open h5py file (opened now if needed; reopened after a fork)."""
-        if self._h5 is None or self._pid != os.getpid():
-            import h5py
+    def _open(self) -> Any:
+        """Open the file with h5py (the handle `Lifecycle` keeps)."""
+        import h5py
 
+        try:
             try:
-                try:
-                    h5 = h5py.File(self.path, "r", locking="best-effort")
-                except ValueError:  # libhdf5 too old for best-effort locking
-                    h5 = h5py.File(self.path, "r")
-            except OSError as e:
-                msg = (
-                    f"cannot open {self.path} as HDF5 ({e}); expected a BigDataViewer HDF5 "
-                    "file (.h5)"
-                )
-                if self.path.suffix.lower() == ".xml":
-                    msg += ": pass the .h5 file named in the XML's <hdf5> element"
-                raise UnsupportedFormatError(msg) from e
-            self._h5, self._pid = h5, os.getpid()
-        return self._h5
-
-    def _close(self) -> None:
-        if self._h5 is not None and self._pid == os.getpid():
-            self._h5.close()
-        self._h5 = None
+                return h5py.File(self.path, "r", locking="best-effort")
+            except ValueError:  # libhdf5 too old for best-effort locking
+                return h5py.File(self.path, "r")
+        except OSError as e:
+            msg = f"cannot open {self.path} as HDF5 ({e}); expected a BigDataViewer HDF5 file (.h5)"
+            if self.path.suffix.lower() == ".xml":
+                msg += ": pass the .h5 file named in the XML's <hdf5> element"
+            raise UnsupportedFormatError(msg) from e
 
     def _scan(self, f: Any) -> tuple[list[int], list[int]]:
         """Find setups and timepoints, read each setup's tables; check the layout."""
@@ -391,7 +346,7 @@ class BdvFile:
             raise MissingTileError(msg) from None
 
     def _default_timepoint(self, setup: int) -> int:
-        f = self._file()
+        f = self._handle()
         for tp in self._timepoints:
             if f"t{tp:05d}/s{setup:02d}" in f:
                 return tp
@@ -399,7 +354,7 @@ class BdvFile:
         raise MissingTileError(msg)
 
     def _stored_dtype(self, setup: int) -> np.dtype[Any] | None:
-        f = self._file()
+        f = self._handle()
         for tp in self._timepoints:
             try:
                 return np.dtype(f[_cells_path(tp, setup, 0)].dtype)
@@ -461,7 +416,7 @@ def _read_into(ds: Any, region: Region, out: NDArray[Any]) -> None:
     ds.read_direct(dest, source_sel=region)
 
 
-class BdvSource:
+class BdvSource(Source):
     """Lazy pixel source over setups of one BigDataViewer HDF5 file.
 
     The given setups become the channels: shape ``(c, z, y, x)`` at one
@@ -529,26 +484,15 @@ class BdvSource:
         return self.file.path
 
     @property
-    def shape(self) -> tuple[int, int, int, int]:
-        """Shape ``(c, z, y, x)``."""
-        return self._shape
-
-    @property
-    def dtype(self) -> np.dtype[Any]:
-        """Logical pixel dtype."""
-        return self._dtype
-
-    @property
     def factors(self) -> tuple[float, float, float]:
         """Subsampling factors (z, y, x) of this level relative to level 0."""
         return self.file.levels(self.setups[0], self.timepoint)[self.level].factors
 
-    def read(self, region: Region) -> NDArray[Any]:
+    def _read(self, region: Region) -> NDArray[Any]:
         """Read ``(c, z, y, x)`` pixels of a ``(z, y, x)`` region."""
-        sel = normalize_region(region, self._shape[1:])  # type: ignore[arg-type]
-        out = np.empty((len(self.setups), *[s.stop - s.start for s in sel]), dtype=self._dtype)
+        out = np.empty((len(self.setups), *[s.stop - s.start for s in region]), dtype=self._dtype)
         for c, s in enumerate(self.setups):
-            self.file._read_into(self.timepoint, s, self.level, sel, out[c])
+            self.file._read_into(self.timepoint, s, self.level, region, out[c])
         return out
 
     def close(self) -> None:

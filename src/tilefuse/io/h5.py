@@ -9,14 +9,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tilefuse.errors import MissingTileError, UnsupportedFormatError
-from tilefuse.source import FileHandleMixin
+from tilefuse.source import Source
 
 if TYPE_CHECKING:
-    from numpy.typing import NDArray
+    from collections.abc import Sequence
+
+    from numpy.typing import ArrayLike, NDArray
 
     from tilefuse.source import Region
+    from tilefuse.tile import Tile
 
-__all__ = ["H5Source", "list_datasets"]
+__all__ = ["H5Source", "list_datasets", "open_hdf5"]
 
 
 def _open(path: Path) -> Any:
@@ -57,7 +60,7 @@ def list_datasets(path: str | os.PathLike[str]) -> list[str]:
     return list(natural_sorted(names))
 
 
-class H5Source(FileHandleMixin):
+class H5Source(Source):
     """Lazy pixel source over one HDF5 dataset ``(y, x)`` or ``(z, y, x)``; picklable by path."""
 
     def __init__(self, path: str | os.PathLike[str], dataset: str) -> None:
@@ -74,27 +77,42 @@ class H5Source(FileHandleMixin):
             self._shape = (1, int(shape[0]), int(shape[1]), int(shape[2]))
             self._dtype = np.dtype(ds.dtype)
             self._ndim = ds.ndim
-        self._init_handle()
 
-    @property
-    def shape(self) -> tuple[int, int, int, int]:
-        """Shape ``(c, z, y, x)``."""
-        return self._shape
-
-    @property
-    def dtype(self) -> np.dtype[Any]:
-        """Pixel dtype."""
-        return self._dtype
-
-    def read(self, region: Region) -> NDArray[Any]:
+    def _read(self, region: Region) -> NDArray[Any]:
         """Read ``(c, z, y, x)`` pixels of a region (only the chunks it touches)."""
-        with self._lock:  # h5py is not thread-safe
-            ds = self._handle()[self.dataset]
+        with self._locked() as f:  # h5py is not thread-safe
+            ds = f[self.dataset]
             data = ds[region[1:]][None] if self._ndim == 2 else ds[region]
         return np.asarray(data)[None]
 
-    def _open_file(self) -> Any:
+    def _open(self) -> Any:
         return _open(self.path)
 
     def __repr__(self) -> str:
         return f"H5Source({str(self.path)!r}, {self.dataset!r}, shape={self.shape})"
+
+
+def open_hdf5(
+    path: str | os.PathLike[str],
+    offsets: ArrayLike | str | os.PathLike[str],
+    voxel_size: ArrayLike = (1.0, 1.0, 1.0),
+    *,
+    datasets: Sequence[str] | None = None,
+) -> list[Tile]:
+    """Tiles from one HDF5 file holding one dataset per tile; see `Tileset.from_hdf5`."""
+    from tilefuse.geometry import affine_from_offset
+    from tilefuse.io.positions import offsets_from
+    from tilefuse.tile import Tile
+
+    names = list(datasets) if datasets is not None else list_datasets(path)
+    offs = offsets_from(offsets, len(names))
+    return [
+        Tile(
+            H5Source(path, n),
+            affine_from_offset(voxel_size, o),
+            name=n,
+            index=i,
+            metadata={"path": str(path), "dataset": n},
+        )
+        for i, (n, o) in enumerate(zip(names, offs, strict=True))
+    ]

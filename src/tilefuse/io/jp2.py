@@ -7,24 +7,24 @@ and writes it back the same way (lossless). With ``components="channels"``
 the components are channels (RGB files, multi-channel tiles), z = 1.
 
 JPEG 2000 cannot decode a region cheaply, so a tile is decoded whole on its
-first read and kept in a small LRU cache shared by all JP2 sources
-(`CACHE_TILES` tiles), which bounds memory during fusion.
+first read and kept as the source's open handle; at most
+``Jp2Source.max_open`` (`CACHE_TILES`) JP2 tiles stay decoded at once (the
+least recently read is dropped first), which bounds memory during fusion.
 """
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 import struct
-import threading
-from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from tilefuse.errors import MissingTileError, TileConfigError, UnsupportedFormatError
+from tilefuse.errors import MissingTileError, UnsupportedFormatError
+from tilefuse.io.positions import read_exm_offsets, read_offsets_csv
+from tilefuse.source import Source
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -35,10 +35,8 @@ __all__ = ["CACHE_TILES", "Jp2Source", "read_exm_offsets", "read_offsets_csv", "
 
 logger = logging.getLogger(__name__)
 
-#: decoded tiles kept in memory across all JP2 sources
+#: decoded tiles kept in memory across all JP2 sources (the default of ``Jp2Source.max_open``)
 CACHE_TILES = 4
-_cache: OrderedDict[tuple[str, float], NDArray[Any]] = OrderedDict()
-_cache_lock = threading.Lock()
 
 Components = Literal["z", "channels"]
 
@@ -66,8 +64,12 @@ def _dtype(bits: int, signed: bool) -> np.dtype[Any]:
     return np.dtype(f"{'i' if signed else 'u'}{size // 8}")
 
 
-class Jp2Source:
+class Jp2Source(Source):
     """Lazy pixel source over one JPEG 2000 file (``.jp2`` or raw ``.j2k`` codestream).
+
+    The tile is decoded whole on its first read and kept until `close` or
+    until more than ``max_open`` JP2 tiles are decoded (least recently read
+    first).
 
     Parameters
     ----------
@@ -84,6 +86,9 @@ class Jp2Source:
         If it is not JPEG 2000.
     """
 
+    #: decoded JP2 tiles kept in memory at once, across all JP2 sources
+    max_open = CACHE_TILES
+
     def __init__(self, path: str | os.PathLike[str], components: Components = "z") -> None:
         self.path = Path(path)
         if components not in ("z", "channels"):
@@ -99,24 +104,10 @@ class Jp2Source:
         self._dtype = _dtype(bits, signed)
         self._shape = (1, n, h, w) if components == "z" else (n, 1, h, w)
 
-    @property
-    def shape(self) -> tuple[int, int, int, int]:
-        """Shape ``(c, z, y, x)``."""
-        return self._shape
-
-    @property
-    def dtype(self) -> np.dtype[Any]:
-        """Pixel dtype (from the codestream's bit depth)."""
-        return self._dtype
-
-    def _decoded(self) -> NDArray[Any]:
+    def _open(self) -> NDArray[Any]:
+        """Decode the whole tile (the handle is the decoded array)."""
         import imagecodecs
 
-        key = (str(self.path), self.path.stat().st_mtime)
-        with _cache_lock:
-            if key in _cache:
-                _cache.move_to_end(key)
-                return _cache[key]
         try:
             data = imagecodecs.jpeg2k_decode(self.path.read_bytes())
         except Exception as e:  # imagecodecs raises its own error types
@@ -129,18 +120,18 @@ class Jp2Source:
             else np.moveaxis(data, -1, 0)[None]
         )
         arr = np.ascontiguousarray(arr.astype(self._dtype, copy=False))
-        with _cache_lock:
-            _cache[key] = arr
-            while len(_cache) > CACHE_TILES:
-                _cache.popitem(last=False)
+        if arr.shape != self._shape:
+            msg = f"{self.path}: decoded shape {arr.shape} differs from the header's {self._shape}"
+            raise UnsupportedFormatError(msg)
+        arr.setflags(write=False)
         return arr
 
-    def read(self, region: Region) -> NDArray[Any]:
-        """Read ``(c, z, y, x)`` pixels of a region (the tile is decoded once, then cached)."""
-        return self._decoded()[(slice(None), *region)].copy()
+    def _release(self, handle: Any) -> None:
+        """Nothing to close: dropping the decoded array frees it."""
 
-    def __repr__(self) -> str:
-        return f"Jp2Source({str(self.path)!r}, shape={self.shape}, dtype={self.dtype})"
+    def _read(self, region: Region) -> NDArray[Any]:
+        """Read ``(c, z, y, x)`` pixels of a region (the tile is decoded once, then kept)."""
+        return self._handle()[(slice(None), *region)].copy()
 
 
 def write_jp2(
@@ -171,71 +162,3 @@ def write_jp2(
     path = Path(path)
     path.write_bytes(buf)
     return path
-
-
-def read_exm_offsets(
-    path: str | os.PathLike[str], n_tiles: int | None = None
-) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
-    """Read an exm ``.npy`` offsets file.
-
-    Row 0 is the original tile size in pixels (x, y, z); each further row is
-    one tile's offset (x, y, z) in micrometres.
-
-    Returns
-    -------
-    (size_zyx, offsets_zyx)
-        Tile size (z, y, x) in pixels and offsets (n, 3) (z, y, x) in micrometres.
-
-    Raises
-    ------
-    TileConfigError
-        If the array is not (n + 1, 3), or ``n_tiles`` is given and differs from n.
-    """
-    path = Path(path)
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as e:
-        msg = f"{path}: not a numpy .npy offsets file ({e})"
-        raise TileConfigError(msg) from e
-    if arr.ndim != 2 or arr.shape[1] != 3 or arr.shape[0] < 2:
-        msg = (
-            f"{path}: expected rows (x, y, z): the tile size, then one offset per tile; "
-            f"got shape {arr.shape}"
-        )
-        raise TileConfigError(msg)
-    if n_tiles is not None and arr.shape[0] - 1 != n_tiles:
-        msg = f"{path}: {arr.shape[0] - 1} offset rows for {n_tiles} tiles"
-        raise TileConfigError(msg)
-    return arr[0, ::-1].astype(np.int64), arr[1:, ::-1].astype(np.float64)
-
-
-def read_offsets_csv(
-    path: str | os.PathLike[str], n_tiles: int | None = None
-) -> NDArray[np.float64]:
-    """Read tile offsets (micrometres) from a CSV with columns named z, y, x (``_um`` optional).
-
-    Raises
-    ------
-    TileConfigError
-        If the columns are missing, a value is not a number, or the row count
-        differs from ``n_tiles``.
-    """
-    path = Path(path)
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        msg = f"{path}: no offset rows"
-        raise TileConfigError(msg)
-    cols = {k.strip().lower().removesuffix("_um"): k for k in rows[0] if k}
-    if not {"z", "y", "x"} <= cols.keys():
-        msg = f"{path}: needs columns z, y, x (micrometres); has {list(rows[0])}"
-        raise TileConfigError(msg)
-    try:
-        offs = np.array([[float(r[cols[a]]) for a in "zyx"] for r in rows])
-    except (TypeError, ValueError) as e:
-        msg = f"{path}: offsets must be numbers ({e})"
-        raise TileConfigError(msg) from e
-    if n_tiles is not None and len(offs) != n_tiles:
-        msg = f"{path}: {len(offs)} offset rows for {n_tiles} tiles"
-        raise TileConfigError(msg)
-    return offs

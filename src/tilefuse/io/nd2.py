@@ -23,14 +23,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tilefuse.errors import MissingTileError, UnsupportedFormatError
-from tilefuse.source import FileHandleMixin
+from tilefuse.source import Source
 
 if TYPE_CHECKING:
-    from numpy.typing import NDArray
+    from collections.abc import Sequence
+
+    from numpy.typing import ArrayLike, NDArray
 
     from tilefuse.source import Region
+    from tilefuse.tile import Tile
 
-__all__ = ["DEFAULT_STAGE_SIGNS", "Nd2Position", "Nd2Source", "nd2_positions"]
+__all__ = ["DEFAULT_STAGE_SIGNS", "Nd2Position", "Nd2Source", "nd2_positions", "open_nd2"]
 
 #: (z, y, x) signs applied to stage positions: stage X runs against image x on common setups
 DEFAULT_STAGE_SIGNS = (1.0, 1.0, -1.0)
@@ -91,7 +94,7 @@ def nd2_positions(path: str | os.PathLike[str], timepoint: int = 0) -> list[Nd2P
     return out
 
 
-class Nd2Source(FileHandleMixin):
+class Nd2Source(Source):
     """Lazy pixel source: one position and timepoint of an ND2 file, ``(c, z, y, x)``.
 
     Thread-safe (a lock around the file) and picklable by path.
@@ -114,24 +117,14 @@ class Nd2Source(FileHandleMixin):
             self._frames = [
                 table[(self.timepoint, self.position, z)] for z in range(sizes.get("Z", 1))
             ]
-            self._shape = (sizes.get("C", 1), sizes.get("Z", 1), sizes["Y"], sizes["X"])
+            c, z = int(sizes.get("C", 1)), int(sizes.get("Z", 1))
+            self._shape = (c, z, int(sizes["Y"]), int(sizes["X"]))
             self._dtype = np.dtype(f.dtype)
-            self.channel_names = [c.channel.name for c in f.metadata.channels]
+            self.channel_names = tuple(c.channel.name for c in f.metadata.channels)
             vs = f.voxel_size()
             self.voxel_size_zyx = (float(vs.z), float(vs.y), float(vs.x))
-        self._init_handle()
 
-    @property
-    def shape(self) -> tuple[int, int, int, int]:
-        """Shape ``(c, z, y, x)``."""
-        return self._shape  # type: ignore[return-value]
-
-    @property
-    def dtype(self) -> np.dtype[Any]:
-        """Pixel dtype."""
-        return self._dtype
-
-    def read(self, region: Region) -> NDArray[Any]:
+    def _read(self, region: Region) -> NDArray[Any]:
         """Read ``(c, z, y, x)`` pixels, one frame (z plane, all channels) at a time."""
         zs = range(region[0].start, region[0].stop)
         out = np.empty(
@@ -143,21 +136,64 @@ class Nd2Source(FileHandleMixin):
             ),
             dtype=self._dtype,
         )
-        with self._lock:
-            f = self._handle()
+        with self._locked() as f:
             for k, z in enumerate(zs):
                 frame = np.asarray(f.read_frame(self._frames[z]))
                 frame = frame.reshape(self._shape[0], self._shape[2], self._shape[3])
                 out[:, k] = frame[:, region[1], region[2]]
         return out
 
-    def _open_file(self) -> Any:
+    def _open(self) -> Any:
         return _open(self.path)
-
-    def __del__(self) -> None:
-        f = getattr(self, "_file", None)
-        if f is not None:
-            f.close()
 
     def __repr__(self) -> str:
         return f"Nd2Source({str(self.path)!r}, position={self.position}, shape={self.shape})"
+
+
+def open_nd2(
+    paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    *,
+    timepoint: int = 0,
+    stage_signs: ArrayLike | None = None,
+    positions_um: ArrayLike | None = None,
+) -> list[Tile]:
+    """Tiles of ND2 files: every XY position of every file is one tile.
+
+    ``paths`` is one file, several files, or a folder of ``*.nd2`` files
+    (sorted by name). See `tilefuse.Tileset.from_nd2` for the parameters.
+
+    Raises
+    ------
+    ValueError
+        If ``positions_um`` is not one (Z, Y, X) row per tile.
+    """
+    from tilefuse.geometry import affine_from_offset
+    from tilefuse.tile import Tile
+
+    if isinstance(paths, (str, os.PathLike)):
+        p = Path(paths)
+        files: list[Any] = sorted(p.glob("*.nd2")) if p.is_dir() else [p]
+    else:
+        files = list(paths)
+    sources, stage = [], []
+    for f in files:
+        for pos in nd2_positions(f, timepoint):
+            sources.append(Nd2Source(f, pos.index, timepoint))
+            stage.append(pos.stage_zyx_um)
+    table = np.asarray(positions_um if positions_um is not None else stage, dtype=float)
+    if table.shape != (len(sources), 3):
+        msg = f"positions_um must be ({len(sources)}, 3) (stage Z, Y, X); got {table.shape}"
+        raise ValueError(msg)
+    signs = np.asarray(DEFAULT_STAGE_SIGNS if stage_signs is None else stage_signs, dtype=float)
+    offs = table * signs
+    return [
+        Tile(
+            s,
+            affine_from_offset(s.voxel_size_zyx, o),
+            name=f"{Path(s.path).stem}_p{s.position}",
+            index=i,
+            channels=tuple(s.channel_names),
+            metadata={"path": str(s.path), "position": s.position, "stage_zyx_um": list(o)},
+        )
+        for i, (s, o) in enumerate(zip(sources, offs, strict=True))
+    ]

@@ -18,12 +18,17 @@ import zarr
 
 from tilefuse.errors import MissingTileError, UnsupportedFormatError
 from tilefuse.geometry import affine_from_offset
-from tilefuse.source import ArraySource
+from tilefuse.source import Source
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from numpy.typing import NDArray
+
+    from tilefuse.source import Region
     from tilefuse.tile import Tile
 
-__all__ = ["find_images", "image_tile"]
+__all__ = ["OmeZarrSource", "find_images", "image_tile", "open_ome_zarr"]
 
 
 def _multiscales(group: zarr.Group) -> list[dict[str, Any]] | None:
@@ -95,24 +100,14 @@ def image_tile(path: Path, level: int = 0, timepoint: int = 0, index: int = 0) -
 
     scale, trans = transform(ds, "scale", 1.0), transform(ds, "translation", 0.0)
     scale0 = transform(datasets[0], "scale", 1.0)
-    arr = group[ds["path"]]
-    index_map: list[Any] = []
-    for a in axes:
-        if a == "t":
-            index_map.append(timepoint)
-        elif a in ("c", "z", "y", "x"):
-            index_map.append(slice(None))
-        else:
-            msg = f"{path}: unsupported axis {a!r} (axes {axes})"
-            raise UnsupportedFormatError(msg)
-    view = _AxesView(arr, axes, tuple(index_map))
+    view = OmeZarrSource(path, ds["path"], axes, timepoint)
     sp = [axes.index(a) if a in axes else None for a in "zyx"]
     vs = np.array([scale[i] if i is not None else 1.0 for i in sp])
     v0 = np.array([scale0[i] if i is not None else 1.0 for i in sp])
     t = np.array([trans[i] if i is not None else 0.0 for i in sp])
     offset = t - (vs - v0) / 2  # pixel-centre translation -> voxel-corner offset
     return Tile(
-        ArraySource(view),
+        view,
         affine_from_offset(vs, offset),
         name=path.name,
         index=index,
@@ -120,26 +115,82 @@ def image_tile(path: Path, level: int = 0, timepoint: int = 0, index: int = 0) -
     )
 
 
-class _AxesView:
-    """An OME-Zarr array seen as (c, z, y, x): fixed timepoint, missing axes of size 1."""
+def open_ome_zarr(
+    paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    *,
+    level: int = 0,
+    timepoint: int = 0,
+) -> list[Tile]:
+    """Tiles from OME-Zarr images (one multiscale image per tile); see `Tileset.from_ome_zarr`."""
+    items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    images = [img for p in items for img in find_images(p)]
+    return [image_tile(p, level, timepoint, i) for i, p in enumerate(images)]
 
-    def __init__(self, arr: Any, axes: list[str], index: tuple[Any, ...]) -> None:
-        self.arr, self.axes, self.index = arr, axes, index
-        kept = [a for a, i in zip(axes, index, strict=True) if isinstance(i, slice)]
-        self._order = kept
-        sizes = dict(zip(kept, [arr.shape[axes.index(a)] for a in kept], strict=True))
-        self.shape = tuple(sizes.get(a, 1) for a in "czyx")
-        self.dtype = arr.dtype
-        self.ndim = 4
 
-    def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
-        want = dict(zip("czyx", key, strict=True))
+class OmeZarrSource(Source):
+    """One array of an OME-Zarr image seen as ``(c, z, y, x)``, read lazily.
+
+    A ``t`` axis is fixed at ``timepoint``; missing ``c``/``z`` axes have size
+    1. The zarr array is the handle: opened on the first read, picklable by
+    path.
+
+    Parameters
+    ----------
+    image : Path
+        The multiscale image group.
+    array_path : str
+        The level's ``datasets[i].path`` inside the group.
+    axes : list of str
+        The image's axis names (``t``, ``c``, ``z``, ``y``, ``x``).
+    timepoint : int
+        Index on the ``t`` axis, when there is one.
+
+    Raises
+    ------
+    UnsupportedFormatError
+        For an axis other than t, c, z, y, x.
+    """
+
+    def __init__(self, image: Path, array_path: str, axes: list[str], timepoint: int = 0) -> None:
+        self.path, self.array_path, self.axes = Path(image), str(array_path), list(axes)
+        index: list[Any] = []
+        for a in self.axes:
+            if a == "t":
+                index.append(int(timepoint))
+            elif a in ("c", "z", "y", "x"):
+                index.append(slice(None))
+            else:
+                msg = f"{self.path}: unsupported axis {a!r} (axes {self.axes})"
+                raise UnsupportedFormatError(msg)
+        self.index = tuple(index)
+        arr = self._handle()
+        self._order = [
+            a for a, i in zip(self.axes, self.index, strict=True) if isinstance(i, slice)
+        ]
+        sizes = {a: int(arr.shape[self.axes.index(a)]) for a in self._order}
+        c, z, y, x = (sizes.get(a, 1) for a in "czyx")
+        self._shape = (c, z, y, x)
+        self._dtype = np.dtype(arr.dtype)
+
+    def _open(self) -> Any:
+        try:
+            return zarr.open_group(str(self.path), mode="r")[self.array_path]
+        except KeyError as e:
+            msg = f"{self.path}: no array {self.array_path!r} (named in its multiscales datasets)"
+            raise UnsupportedFormatError(msg) from e
+
+    def _release(self, handle: Any) -> None:
+        """Nothing to close: zarr reads each chunk on demand."""
+
+    def _read(self, region: Region) -> NDArray[Any]:
+        want = dict(zip("zyx", region, strict=True))
+        want["c"] = slice(None)
         sel = list(self.index)
         for k, a in enumerate(self.axes):
             if isinstance(sel[k], slice):
                 sel[k] = want[a]
-        data = np.asarray(self.arr[tuple(sel)])
-        present = [a for a in self._order]
+        data = np.asarray(self._handle()[tuple(sel)])
+        present = list(self._order)
         for a in "czyx":
             if a not in present:
                 data = data[None]

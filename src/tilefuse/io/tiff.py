@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import tifffile
 
 from tilefuse.errors import MissingTileError, UnsupportedFormatError
+from tilefuse.source import Source
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -31,7 +31,7 @@ _CHANNEL_AXES = "CS"
 _Z_AXES = "ZQI"
 
 
-class TiffSource:
+class TiffSource(Source):
     """Lazy pixel source over one TIFF file (one series).
 
     Axes are taken from the TIFF series (``ZYX``, ``CZYX``, ImageJ ``ZCYX``,
@@ -60,9 +60,6 @@ class TiffSource:
         if not self.path.is_file():
             msg = f"tile file not found: {self.path}"
             raise MissingTileError(msg)
-        self._lock = threading.Lock()
-        self._handle: tifffile.TiffFile | None = None
-        self._array: Any = None
         try:
             with tifffile.TiffFile(self.path) as tf:
                 s = tf.series[self.series]
@@ -83,38 +80,33 @@ class TiffSource:
         self._perm, self._shape = _axes_to_czyx(axes, shape, self.path)
 
     @property
-    def shape(self) -> tuple[int, int, int, int]:
-        """Shape ``(c, z, y, x)``."""
-        return self._shape
-
-    @property
-    def dtype(self) -> np.dtype[Any]:
-        """Pixel dtype."""
-        return self._dtype
-
-    @property
     def axes(self) -> str:
         """The file's own axes string (tifffile letters)."""
         return self._axes
 
-    def _open(self) -> Any:
+    def _open(self) -> _TiffHandle | None:
+        if self._raw is not None:
+            return None  # memory-mapped per read: nothing stays open
+        import zarr
+
+        tf = tifffile.TiffFile(self.path)
+        try:
+            array = zarr.open_array(tf.series[self.series].aszarr(), mode="r")
+        except Exception:
+            tf.close()
+            raise
+        return _TiffHandle(tf, array)
+
+    def _pixels(self) -> Any:
         if self._raw is not None:
             # mapped per read and dropped after: resident memory does not
             # accumulate the pages of every tile ever read
             offset, dt = self._raw
             return np.memmap(self.path, dtype=dt, mode="r", offset=offset, shape=self._file_shape)
-        with self._lock:
-            if self._array is None:
-                import zarr
+        return self._handle().array
 
-                self._handle = tifffile.TiffFile(self.path)
-                store = self._handle.series[self.series].aszarr()
-                self._array = zarr.open_array(store, mode="r")
-            return self._array
-
-    def read(self, region: Region) -> NDArray[Any]:
-        """Read ``(c, z, y, x)`` pixels of a ``(z, y, x)`` region."""
-        arr = self._open()
+    def _read(self, region: Region) -> NDArray[Any]:
+        arr = self._pixels()
         # build the index in file order, then transpose to (c, z, y, x)
         # unmapped file axes have size 1 and are indexed away with 0
         file_index: list[slice | int] = [0] * len(self._axes)
@@ -130,30 +122,15 @@ class TiffSource:
                 roles.insert(0, role)
         return np.ascontiguousarray(data.transpose([roles.index(r) for r in "czyx"]))
 
+
+class _TiffHandle(NamedTuple):
+    """An open TIFF and the zarr view of its series."""
+
+    file: tifffile.TiffFile
+    array: Any
+
     def close(self) -> None:
-        """Release the file handle (it reopens on the next read)."""
-        with self._lock:
-            if self._handle is not None:
-                self._handle.close()
-                self._handle = None
-            self._array = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state.update(_lock=None, _handle=None, _array=None)
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
-
-    def __del__(self) -> None:
-        handle = getattr(self, "_handle", None)
-        if handle is not None:
-            handle.close()
-
-    def __repr__(self) -> str:
-        return f"TiffSource({str(self.path)!r}, shape={self.shape}, dtype={self.dtype})"
+        self.file.close()
 
 
 def _axes_to_czyx(

@@ -16,6 +16,7 @@ the same format. tilefuse converts to (z, y, x) here and nowhere else.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -24,14 +25,33 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tilefuse.errors import TileConfigError
+from tilefuse.errors import (
+    EmptyTilesetError,
+    IncompatibleTilesError,
+    MissingTileError,
+    TileConfigError,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from numpy.typing import ArrayLike
 
-__all__ = ["TileConfigEntry", "TileConfiguration", "read_tileconfig", "write_tileconfig"]
+    from tilefuse.tile import Tile
+
+__all__ = [
+    "TileConfigEntry",
+    "TileConfiguration",
+    "find_tileconfig",
+    "open_tileconfig",
+    "read_tileconfig",
+    "write_tileconfig",
+]
+
+logger = logging.getLogger(__name__)
+
+#: file names looked for in a folder, in order (the registered one first)
+TILECONFIG_NAMES = ("TileConfiguration.registered.txt", "TileConfiguration.txt")
 
 _DIM = re.compile(r"^dim\s*=\s*(\d+)\s*$", re.IGNORECASE)
 _LINE = re.compile(r"^(?P<file>[^;]+);(?P<series>[^;]*);\s*\((?P<coords>[^)]*)\)\s*$")
@@ -135,6 +155,87 @@ def read_tileconfig(path: str | os.PathLike[str]) -> TileConfiguration:
         msg = f"{path}: lists no image"
         raise TileConfigError(msg)
     return TileConfiguration(path, dim, tuple(entries))
+
+
+def find_tileconfig(path: str | os.PathLike[str]) -> Path:
+    """The TileConfiguration file at ``path``, or in the folder ``path``.
+
+    In a folder, ``TileConfiguration.registered.txt`` is preferred, then
+    ``TileConfiguration.txt``, then the first other ``TileConfiguration*.txt``.
+
+    Raises
+    ------
+    TileConfigError
+        If a folder holds none.
+    """
+    p = Path(path)
+    if not p.is_dir():
+        return p
+    for name in TILECONFIG_NAMES:
+        if (p / name).is_file():
+            return p / name
+    cands = sorted(p.glob("TileConfiguration*.txt"))
+    if not cands:
+        msg = f"{p}: no TileConfiguration*.txt in this folder"
+        raise TileConfigError(msg)
+    return cands[0]
+
+
+def open_tileconfig(
+    path: str | os.PathLike[str],
+    voxel_size: ArrayLike = (1.0, 1.0, 1.0),
+    *,
+    skip_missing: bool = False,
+) -> list[Tile]:
+    """Tiles listed in a Fiji ``TileConfiguration(.registered).txt`` (or a folder holding one).
+
+    Positions in the file are pixels (x, y[, z]); they become (z, y, x)
+    micrometres with ``voxel_size``. For ``dim = 2`` files, tiles are 2D
+    images (z = 1). See `tilefuse.Tileset.from_tileconfig`.
+
+    Raises
+    ------
+    TileConfigError
+        If the file is malformed (the message names the line).
+    MissingTileError
+        If a listed tile does not exist and ``skip_missing`` is false.
+    EmptyTilesetError
+        If none of the listed tiles exists.
+    """
+    from tilefuse.geometry import affine_from_offset
+    from tilefuse.io.registry import tile_file_source
+    from tilefuse.tile import Tile
+
+    cfg = read_tileconfig(find_tileconfig(path))
+    vs = np.asarray(voxel_size, dtype=float)
+    tiles: list[Tile] = []
+    for e in cfg.entries:
+        f = cfg.resolve(e)
+        if not f.is_file():
+            if skip_missing:
+                logger.warning("%s:%d: skipping missing tile %s", cfg.path, e.line, f)
+                continue
+            msg = f"{cfg.path}:{e.line}: tile {e.file!r} not found at {f}"
+            raise MissingTileError(msg)
+        # Fiji lists any image it can open; files without a known suffix are tried as TIFF
+        src = tile_file_source(f, default="tilefuse.io.tiff:TiffSource", series=e.series or 0)
+        if cfg.dim == 2 and src.shape[1] != 1:
+            msg = f"{cfg.path}:{e.line}: dim = 2 but {f.name} has {src.shape[1]} planes"
+            raise IncompatibleTilesError(msg)
+        offset = np.asarray(e.position_px) * vs
+        tiles.append(
+            Tile(
+                src,
+                affine_from_offset(vs, offset),
+                name=e.file,
+                index=len(tiles),
+                metadata={"path": str(f), "series": e.series, "line": e.line},
+            )
+        )
+    if not tiles:
+        msg = f"{cfg.path}: none of the listed tiles exist"
+        raise EmptyTilesetError(msg)
+    return tiles
 
 
 def write_tileconfig(

@@ -1,0 +1,193 @@
+"""Every built-in pixel source passes the shared contract `tilefuse.testing.SourceTests`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+
+from tilefuse.io.bdv_read import BdvSource
+from tilefuse.io.h5 import H5Source
+from tilefuse.io.ome_zarr import MultiScaleGroup
+from tilefuse.io.ome_zarr_tiles import OmeZarrSource
+from tilefuse.io.tiff import TiffSource, write_tiff
+from tilefuse.source import ArraySource, ChannelSubset, DownscaledSource
+from tilefuse.testing import SourceTests
+
+
+def _truth(shape=(2, 5, 23, 31), dtype=np.uint16, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 60000 if dtype == np.uint16 else 250, shape).astype(dtype)
+
+
+class TestArraySource4D(SourceTests):
+    @pytest.fixture
+    def expected(self):
+        return _truth()
+
+    @pytest.fixture
+    def source(self, expected):
+        return ArraySource(expected)
+
+
+class TestArraySource2D(SourceTests):
+    @pytest.fixture
+    def expected(self):
+        return _truth((1, 1, 17, 13), np.float32)
+
+    @pytest.fixture
+    def source(self, expected):
+        return ArraySource(expected[0, 0])
+
+
+@pytest.mark.parametrize("method", ["mean", "stride"])
+class TestDownscaledSource(SourceTests):
+    @pytest.fixture
+    def expected(self, method):
+        full = _truth((1, 6, 20, 22), np.uint16)
+        if method == "stride":
+            return full[:, ::2, ::3, ::2]
+        # integer mean of the 2x3x2 blocks, rounded half up, computed independently here
+        out = np.zeros((1, 3, 7, 11))
+        for z in range(3):
+            for y in range(7):
+                for x in range(11):
+                    ys = slice(3 * y, min(3 * y + 3, 20))
+                    block = full[0, 2 * z : 2 * z + 2, ys, 2 * x : 2 * x + 2].astype(np.float64)
+                    out[0, z, y, x] = np.floor(block.mean() + 0.5)
+        return out.astype(np.uint16)
+
+    @pytest.fixture
+    def source(self, method):
+        return DownscaledSource(ArraySource(_truth((1, 6, 20, 22), np.uint16)), (2, 3, 2), method)
+
+
+class TestChannelSubset(SourceTests):
+    @pytest.fixture
+    def expected(self):
+        return _truth((3, 4, 9, 10))[[2, 0]]
+
+    @pytest.fixture
+    def source(self):
+        return ChannelSubset(ArraySource(_truth((3, 4, 9, 10))), [2, 0])
+
+
+@pytest.mark.parametrize("compression", [None, "zlib"])
+class TestTiffSource(SourceTests):
+    @pytest.fixture
+    def expected(self):
+        return _truth((2, 4, 21, 19))
+
+    @pytest.fixture
+    def source(self, tmp_path, expected, compression):
+        path = tmp_path / "t.tif"
+        if compression is None:
+            write_tiff(path, expected)  # ImageJ ZCYX, memory-mapped reads
+        else:
+            tifffile.imwrite(
+                path,
+                expected,
+                compression=compression,
+                photometric="minisblack",
+                metadata={"axes": "CZYX"},
+            )
+        return TiffSource(path)
+
+
+class TestJp2Source(SourceTests):
+    @pytest.fixture
+    def expected(self):
+        return _truth((1, 3, 24, 20))
+
+    @pytest.fixture
+    def source(self, tmp_path, expected):
+        pytest.importorskip("imagecodecs")
+        from tilefuse.io.jp2 import Jp2Source, write_jp2
+
+        return Jp2Source(write_jp2(tmp_path / "t.jp2", expected[0]))
+
+
+class TestJp2SourceRealRgb(SourceTests):
+    @pytest.fixture
+    def expected(self, shared_data):
+        imagecodecs = pytest.importorskip("imagecodecs")
+        rgb = imagecodecs.jpeg2k_decode((shared_data / "jp2" / "text_GBR.jp2").read_bytes())
+        return np.moveaxis(rgb, -1, 0)[:, None]
+
+    @pytest.fixture
+    def source(self, shared_data):
+        from tilefuse.io.jp2 import Jp2Source
+
+        return Jp2Source(shared_data / "jp2" / "text_GBR.jp2", components="channels")
+
+
+class TestH5Source(SourceTests):
+    @pytest.fixture
+    def expected(self):
+        return _truth((1, 5, 16, 18), np.uint8)
+
+    @pytest.fixture
+    def source(self, tmp_path, expected):
+        h5py = pytest.importorskip("h5py")
+        with h5py.File(tmp_path / "t.h5", "w") as f:
+            f.create_dataset("tiles/a", data=expected[0], chunks=(2, 8, 8))
+        return H5Source(tmp_path / "t.h5", "tiles/a")
+
+
+class TestNd2Source(SourceTests):
+    @pytest.fixture
+    def expected(self, shared_data):
+        nd2 = pytest.importorskip("nd2")
+        with nd2.ND2File(shared_data / "nd2" / "cluster.nd2") as f:
+            data = f.asarray()  # (T, Z, C, Y, X)
+        return np.moveaxis(data[1], 1, 0)
+
+    @pytest.fixture
+    def source(self, shared_data):
+        pytest.importorskip("nd2")
+        from tilefuse.io.nd2 import Nd2Source
+
+        return Nd2Source(shared_data / "nd2" / "cluster.nd2", timepoint=1)
+
+
+class TestOmeZarrSource(SourceTests):
+    @pytest.fixture
+    def expected(self):
+        return _truth((2, 3, 20, 17))
+
+    @pytest.fixture
+    def source(self, tmp_path, expected):
+        g = MultiScaleGroup.create(
+            tmp_path / "img.ome.zarr",
+            shape=expected.shape,
+            dtype=expected.dtype,
+            chunks=(2, 8, 8),
+            channel_names=["a", "b"],
+        )
+        g.write_array(expected)
+        g.mark_complete()
+        return OmeZarrSource(tmp_path / "img.ome.zarr", "0", ["c", "z", "y", "x"])
+
+
+class TestBdvSourceReal(SourceTests):
+    """The real pybdv file (level 1) and the int16-stored uint16 Mastodon file (2 setups)."""
+
+    @pytest.fixture(params=["pybdv", "mitosis"])
+    def case(self, request, shared_data):
+        if request.param == "pybdv":
+            return shared_data / "bdv-h5" / "pybdv_example.h5", [0], 0, 1
+        return shared_data / "bdv-h5" / "mitosis_small_hdf5.h5", [0, 1], 1, 0
+
+    @pytest.fixture
+    def expected(self, case):
+        h5py = pytest.importorskip("h5py")
+        path, setups, tp, level = case
+        with h5py.File(path, "r") as f:
+            data = [f[f"t{tp:05d}/s{s:02d}/{level}/cells"][()] for s in setups]
+        out = np.stack(data)
+        return out.view(np.uint16) if out.dtype == np.int16 else out
+
+    @pytest.fixture
+    def source(self, case):
+        path, setups, tp, level = case
+        return BdvSource(path, setups, timepoint=tp, level=level)
