@@ -392,7 +392,7 @@ def _open_bigstitcher(
     *,
     timepoint: int | None = None,
     angle: int | None = None,
-    world_unit_um: float | None = None,
+    world_unit_um: Any = None,
 ) -> Any:
     """A BigStitcher/BDV project from its XML, or from the ``.h5`` beside it."""
     xml = path if path.suffix.lower() == ".xml" else path.with_suffix(".xml")
