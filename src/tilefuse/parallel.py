@@ -104,23 +104,72 @@ def _run_threads(
                 fut.cancel()
 
 
-def _apply(item: Any, task: Callable[[Any], Any]) -> Any:
-    return task(item)
+#: at most this many tasks per run on a cluster: blocks are batched into tasks beyond it
+MAX_TASKS = 20_000
+
+
+def _apply_batch(batch: list[Any], task: Callable[[Any], Any]) -> list[tuple[Any, Any]]:
+    return [(item, task(item)) for item in batch]
+
+
+def _batches(items: Sequence[T], n_slots: int, max_tasks: int) -> list[list[T]]:
+    """Group items into tasks: at most ``max_tasks`` of them, and enough to keep every slot busy."""
+    size = max(1, -(-len(items) // max_tasks))
+    size = min(size, max(1, len(items) // (4 * n_slots)))
+    return [list(items[k : k + size]) for k in range(0, len(items), size)]
+
+
+def cluster_slots(client: Any) -> int:
+    """Worker threads of a dask cluster (at least 1)."""
+    try:
+        return max(1, sum(client.nthreads().values()))
+    except Exception:  # pragma: no cover - a client that cannot tell
+        return 1
 
 
 def _run_client(
     func: Callable[[T], R], items: Sequence[T], client: Any, bar: tqdm[Any]
 ) -> Iterator[tuple[T, R]]:
+    """Stream tasks through a cluster: a bounded window in flight, futures released when done.
+
+    Items are batched so that a run has at most `MAX_TASKS` tasks; at most
+    ``2 * slots`` tasks are in flight; a finished task's future is released at
+    once, so the client holds O(window) state and a worker lost later costs
+    only its in-flight tasks (finished blocks are in the store, not in worker
+    memory, and are never recomputed).
+    """
     from distributed import as_completed
 
+    slots = cluster_slots(client)
     # ship the (possibly large) task object to every worker once, not once per task
     [shared] = client.scatter([func], broadcast=True, hash=False)
-    futures = client.map(_apply, list(items), task=shared, pure=False)
-    index = {f.key: i for i, f in enumerate(futures)}
+    batches = iter(_batches(items, slots, MAX_TASKS))
+    window = 2 * slots
+    pending = as_completed()
+    in_flight: set[Any] = set()
+
+    def submit() -> bool:
+        batch = next(batches, None)
+        if batch is None:
+            return False
+        fut = client.submit(_apply_batch, batch, task=shared, pure=False)
+        in_flight.add(fut)
+        pending.add(fut)
+        return True
+
     try:
-        for fut in as_completed(futures):
-            res = fut.result()
-            bar.update()
-            yield items[index[fut.key]], res
+        while len(in_flight) < window and submit():
+            pass
+        for fut in pending:
+            results = fut.result()
+            in_flight.discard(fut)
+            fut.release()
+            del fut
+            submit()
+            for item, res in results:
+                bar.update()
+                yield item, res
     finally:
-        client.cancel(futures)
+        if in_flight:
+            client.cancel(list(in_flight))
+        del shared

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from scipy import sparse
 from scipy.sparse.csgraph import connected_components
-from scipy.sparse.linalg import lsqr
+from scipy.sparse.linalg import splu
 
 from tilefuse.errors import IncompatibleTilesError
 
@@ -370,77 +370,158 @@ def _check_axis_aligned(tileset: Tileset) -> None:
             raise IncompatibleTilesError(msg)
 
 
-def _solve(n: int, links: list[Link]) -> NDArray[np.float64]:
-    """Weighted least-squares translations, one fixed tile per connected group."""
+def _solve(
+    n: int, links: list[Link], scale: NDArray[np.float64] | None = None
+) -> NDArray[np.float64]:
+    """Weighted least-squares translations, one fixed tile per connected group.
+
+    The normal equations of the link graph (a weighted graph Laplacian, made
+    positive definite by fixing the first tile of every connected group) are
+    factorised once by a sparse LU and solved for the three axes together:
+    near-linear in the number of links on tile grids. ``scale`` multiplies the
+    weights of the kept links (in their order), for robust reweighting.
+    """
     kept = [k for k in links if k.kept]
     e = np.zeros((n, 3))
     if not kept:
         return e
-    i = np.array([k.i for k in kept])
-    j = np.array([k.j for k in kept])
+    i = np.fromiter((k.i for k in kept), dtype=np.intp, count=len(kept))
+    j = np.fromiter((k.j for k in kept), dtype=np.intp, count=len(kept))
     # links weigh by their NCC and the size of their overlap (a corner sliver counts little)
     n_vox = np.array([max(k.overlap_voxels, 1) for k in kept], dtype=float)
-    w = np.sqrt(np.array([max(k.ncc, 1e-3) for k in kept]) * n_vox / n_vox.max())
-    d = np.array([k.shift_um for k in kept])
+    w2 = np.array([max(k.ncc, 1e-3) for k in kept]) * n_vox / n_vox.max()
+    if scale is not None:
+        w2 = w2 * scale
+    d = np.array([k.shift_um for k in kept], dtype=float).reshape(len(kept), 3)
     graph = sparse.coo_matrix((np.ones(len(kept)), (i, j)), shape=(n, n))
     _, comp = connected_components(graph, directed=False)
-    fixed = {int(np.flatnonzero(comp == c)[0]) for c in np.unique(comp)}
-    free = np.array([t for t in range(n) if t not in fixed])
-    if not free.size:
+    _, first = np.unique(comp, return_index=True)
+    free = np.ones(n, dtype=bool)
+    free[first] = False
+    if not free.any():
         return e
-    col = {int(t): k for k, t in enumerate(free)}
-    rows, cols, vals = [], [], []
-    for r, (a, b) in enumerate(zip(i, j, strict=True)):
-        if b in col:
-            rows.append(r), cols.append(col[b]), vals.append(w[r])
-        if a in col:
-            rows.append(r), cols.append(col[a]), vals.append(-w[r])
-    mat = sparse.csr_matrix((vals, (rows, cols)), shape=(len(kept), len(free)))
-    for ax in range(3):
-        e[free, ax] = lsqr(mat, w * d[:, ax], atol=1e-12, btol=1e-12)[0]
+    # Laplacian L = sum_r w_r (u_j - u_i)(u_j - u_i)^T and right-hand side A^T W d
+    rows = np.concatenate([i, j, i, j])
+    cols = np.concatenate([i, j, j, i])
+    vals = np.concatenate([w2, w2, -w2, -w2])
+    lap = sparse.csc_matrix((vals, (rows, cols)), shape=(n, n))
+    rhs = np.zeros((n, 3))
+    np.add.at(rhs, j, w2[:, None] * d)
+    np.subtract.at(rhs, i, w2[:, None] * d)
+    idx = np.flatnonzero(free)
+    e[idx] = splu(lap[idx][:, idx].tocsc(), permc_spec="MMD_AT_PLUS_A").solve(rhs[idx])
+    return e
+
+
+def _residuals(e: NDArray[np.float64], links: list[Link]) -> NDArray[np.float64]:
+    """Length of each link's disagreement with the placement ``e`` (also stored on the links)."""
+    i = np.fromiter((k.i for k in links), dtype=np.intp, count=len(links))
+    j = np.fromiter((k.j for k in links), dtype=np.intp, count=len(links))
+    d = np.array([k.shift_um for k in links], dtype=float).reshape(len(links), 3)
+    res = np.linalg.norm(e[j] - e[i] - d, axis=1)
+    for k, r in zip(links, res, strict=True):
+        k.residual_um = float(r)
+    return res
+
+
+def _robust(n: int, kept: list[Link], c: float, iterations: int = 30) -> NDArray[np.float64]:
+    """Iteratively reweighted least squares with a Cauchy loss of scale ``c``.
+
+    Bad links end with small weights, so the placement (and the residuals of
+    the good links) is not dragged by them, and every clearly bad link shows
+    its full error at once.
+    """
+    scale = np.ones(len(kept))
+    e = _solve(n, kept, scale)
+    for _ in range(iterations):
+        res = _residuals(e, kept)
+        new = 1.0 / (1.0 + (res / c) ** 2)
+        e = _solve(n, kept, new)
+        if np.max(np.abs(new - scale)) < 1e-3:
+            break
+        scale = new
     return e
 
 
 def _optimise(n: int, links: list[Link], rel: float, abs_um: float) -> NDArray[np.float64]:
-    """Solve, then drop the worst link while errors are too large, never disconnecting a tile."""
+    """Solve, then drop clearly bad links while errors are too large, never disconnecting a tile.
+
+    A link is too wrong while its residual exceeds both the absolute threshold
+    and ``rel`` times the mean residual (BigStitcher's criterion). When the
+    least-squares placement has such links, a robust placement (Cauchy-loss
+    IRLS, which a few bad links cannot drag) shows which links disagree, and
+    every link over the limit there is dropped in one round (worst first,
+    skipping any whose removal would disconnect a tile); then the plain
+    least-squares placement is checked again. The number of solves does not
+    grow with the number of bad links.
+    """
     while True:
         e = _solve(n, links)
         kept = [k for k in links if k.kept]
-        for k in links:
-            k.residual_um = float(np.linalg.norm(e[k.j] - e[k.i] - k.shift_um))
+        res = _residuals(e, links)
         if len(kept) < 2:
             return e
-        res = np.array([k.residual_um for k in kept])
-        worst = float(res.max())
-        if worst <= abs_um or worst <= rel * float(res.mean()):
+        kept_res = res[[k.kept for k in links]]
+        if float(kept_res.max()) <= max(abs_um, rel * float(kept_res.mean())):
             return e
-        for k in sorted(kept, key=lambda x: -x.residual_um):
-            k.kept = False
-            if _n_groups(n, links) == _n_groups(n, [*links, k]) - 0 and not _disconnects(
-                n, links, k
-            ):
+        robust = _robust(n, kept, abs_um)
+        rres = _residuals(robust, kept)
+        limit = max(abs_um, rel * float(np.median(rres)))
+        graph = _Graph(kept)
+        dropped = False
+        for r in np.argsort(-rres):
+            if rres[r] <= limit:
                 break
-            k.kept = True
-        else:
+            if graph.try_remove(kept[r]):
+                kept[r].kept = False
+                dropped = True
+        if not dropped:  # fall back to the single worst link that can go
+            for k in sorted(kept, key=lambda x: -x.residual_um):
+                if graph.try_remove(k):
+                    k.kept = False
+                    dropped = True
+                    break
+        if not dropped:
+            e = _solve(n, links)
+            _residuals(e, links)
             return e
 
 
-def _n_groups(n: int, links: list[Link]) -> int:
-    kept = [k for k in links if k.kept]
-    if not kept:
-        return n
-    g = sparse.coo_matrix(
-        (np.ones(len(kept)), ([k.i for k in kept], [k.j for k in kept])), shape=(n, n)
-    )
-    return int(connected_components(g, directed=False)[0])
+class _Graph:
+    """Adjacency of the kept links, to ask whether removing one separates its tiles."""
 
+    def __init__(self, links: list[Link]) -> None:
+        self.adj: dict[int, dict[int, int]] = {}
+        for k in links:
+            if k.kept:
+                self._edge(k.i, k.j, 1)
 
-def _disconnects(n: int, links: list[Link], removed: Link) -> bool:
-    """Whether dropping ``removed`` (already marked not kept) split a group."""
-    removed.kept = True
-    with_it = _n_groups(n, links)
-    removed.kept = False
-    return _n_groups(n, links) > with_it
+    def _edge(self, a: int, b: int, step: int) -> None:
+        for u, v in ((a, b), (b, a)):
+            nb = self.adj.setdefault(u, {})
+            nb[v] = nb.get(v, 0) + step
+            if nb[v] == 0:
+                del nb[v]
+
+    def try_remove(self, k: Link) -> bool:
+        """Remove ``k`` unless that disconnects its tiles; whether it was removed."""
+        self._edge(k.i, k.j, -1)
+        # breadth-first from both ends at once: on a grid a detour is a few steps away
+        seen = [{k.i}, {k.j}]
+        fronts = [[k.i], [k.j]]
+        while fronts[0] and fronts[1]:
+            side = 0 if len(fronts[0]) <= len(fronts[1]) else 1
+            nxt = []
+            for u in fronts[side]:
+                for v in self.adj.get(u, ()):
+                    if v in seen[1 - side]:
+                        return True
+                    if v not in seen[side]:
+                        seen[side].add(v)
+                        nxt.append(v)
+            fronts[side] = nxt
+        self._edge(k.i, k.j, 1)
+        return False
 
 
 def _tile_residuals(n: int, links: list[Link]) -> NDArray[np.float64]:
