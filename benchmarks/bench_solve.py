@@ -48,7 +48,9 @@ def main() -> None:
     ap.add_argument("--sides", type=int, nargs="+", default=[20, 100, 200])
     ap.add_argument("--bad", type=int, nargs="+", default=[8, 100, 20])
     args = ap.parse_args()
-    print("| tiles | links | bad links | solve time (s) | bad dropped | good dropped | RMS error (um) |")
+    print(
+        "| tiles | links | bad links | solve time (s) | bad dropped | good dropped | RMS error (um) |"
+    )
     print("|---|---|---|---|---|---|---|")
     for side, n_bad in zip(args.sides, args.bad, strict=True):
         best = np.inf

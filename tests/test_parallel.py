@@ -44,3 +44,45 @@ def test_local_cluster_writes_the_same_bytes_as_threads(tmp_path, client):
     # in-memory result through the cluster too
     np.testing.assert_array_equal(ts.fuse(client=client, blend="linear"), threaded.read())
     np.testing.assert_array_equal(threaded.read(), vol)
+
+
+class _CountingTask:
+    """Appends every item it runs to a file (one line per call, from any process)."""
+
+    def __init__(self, log: Path) -> None:
+        self.log = str(log)
+
+    def __call__(self, item: int) -> int:
+        import time
+
+        time.sleep(0.01)
+        with open(self.log, "a") as f:
+            f.write(f"{item}\n")
+        return item * 2
+
+
+def test_cluster_streams_and_a_lost_worker_costs_only_in_flight_tasks(tmp_path, client):
+    import os
+    import signal
+
+    from tilefuse.parallel import cluster_slots, imap_unordered
+
+    log = tmp_path / "calls.txt"
+    items = list(range(200))
+    seen = []
+    killed = False
+    for item, res in imap_unordered(_CountingTask(log), items, client=client):
+        assert res == 2 * item
+        seen.append(item)
+        if len(seen) == 100 and not killed:
+            victim = sorted(client.scheduler_info()["workers"])[0]
+            pid = client.run(os.getpid, workers=[victim])[victim]
+            os.kill(pid, signal.SIGKILL)
+            killed = True
+    assert sorted(seen) == items  # every item exactly once
+    calls = [int(v) for v in log.read_text().split()]
+    recomputed = len(calls) - len(items)
+    window = 2 * cluster_slots(client)
+    assert 0 <= recomputed <= window
+    # the client kept no finished futures
+    assert not client.futures
