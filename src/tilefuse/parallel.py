@@ -213,4 +213,3 @@ def _run_client(
     finally:
         if in_flight:
             client.cancel(list(in_flight))
-        del shared
