@@ -19,10 +19,12 @@ def test_mean_equals_block_reduce_and_stride_reads_fewer_planes():
     # block_reduce pads partial edge windows with zeros; compare the complete windows
     np.testing.assert_array_equal(mean.read()[:4, :16, :20], np.floor(want[:4, :16, :20] + 0.5))
     np.testing.assert_allclose(mean.voxel_size, [2.0, 1.5, 1.5])
-    np.testing.assert_allclose(mean.offset, t.offset)
+    # a mean of f voxels sits at the mean of their centres: (f - 1) / 2 old voxels on
+    np.testing.assert_allclose(mean.offset, t.offset + np.array([0.5, 1.0, 1.0]) * [1, 0.5, 0.5])
     src.regions.clear()
     stride = t.downscale((3, 2, 2), method="stride")
     np.testing.assert_array_equal(stride.read(), a[::3, ::2, ::2])
+    np.testing.assert_allclose(stride.offset, t.offset)  # keeps voxel 0 and its centre
     planes_read = sum(r[0].stop - r[0].start for r in src.regions)
     assert planes_read == 3 < a.shape[0]  # only the kept planes were read
     # a region of the downscaled tile reads only its part of the source

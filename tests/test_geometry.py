@@ -45,13 +45,15 @@ def test_sweep_regular_grid_counts():
 
 
 def test_box_of_and_voxel_slices_fractional():
+    # the affine maps voxel centres: the box is half a voxel beyond the first/last centre
     a = affine_from_offset((2.0, 0.5, 0.5), (10.0, 3.25, -1.0))
     lo, hi = box_of(a, (4, 10, 20))
-    np.testing.assert_allclose(lo, [10, 3.25, -1])
-    np.testing.assert_allclose(hi, [18, 8.25, 9])
-    # world box [4.0, 6.0) in y covers voxel indices (4-3.25)/0.5=1.5 .. 5.5 -> 1..6
+    np.testing.assert_allclose(lo, [9, 3.0, -1.25])
+    np.testing.assert_allclose(hi, [17, 8.0, 8.75])
+    # world y [4.0, 6.0) is index 1.5 .. 5.5; voxel i covers [i - 1/2, i + 1/2) -> 2..5
+    # world z [10, 14) is index 0 .. 2 -> voxels 0..2; world x from 0 is index 2 -> voxel 2 on
     sl = voxel_slices(a, (4, 10, 20), np.array([10, 4.0, 0]), np.array([14, 6.0, 100]))
-    assert sl == (slice(0, 2), slice(1, 6), slice(2, 20))
+    assert sl == (slice(0, 3), slice(2, 6), slice(2, 20))
 
 
 def test_voxel_slices_rotated_tile_covers_box():
@@ -60,5 +62,6 @@ def test_voxel_slices_rotated_tile_covers_box():
     a[1:3, 1:3] = [[0, -1], [1, 0]]
     a[1, 3] = 10.0
     sl = voxel_slices(a, (1, 10, 10), np.array([0, 5.0, 2.0]), np.array([1, 8.0, 4.0]))
-    # world y = 10 - x_idx, world x = y_idx  -> y_idx in [2, 4), x_idx in (2, 5]
-    assert sl == (slice(0, 1), slice(2, 4), slice(2, 5))
+    # world y = 10 - x_idx, world x = y_idx  -> y_idx in [2, 4), x_idx in (2, 5]; the voxels
+    # whose extents [i - 1/2, i + 1/2) touch those: y 2..4, x 2..5
+    assert sl == (slice(0, 1), slice(2, 5), slice(2, 6))

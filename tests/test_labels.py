@@ -215,8 +215,9 @@ def test_object_table_matches_scipy(tmp_path):
     boxes = ndimage.find_objects(truth)
     lo = np.array([[s.start for s in boxes[i - 1]] for i in ids])
     hi = np.array([[s.stop for s in boxes[i - 1]] for i in ids])
-    np.testing.assert_allclose(table.bbox_lo, org + lo * vs)
-    np.testing.assert_allclose(table.bbox_hi, org + hi * vs)
+    # the box of the voxels' extents: half a voxel beyond the first and last centres
+    np.testing.assert_allclose(table.bbox_lo, org + (lo - 0.5) * vs)
+    np.testing.assert_allclose(table.bbox_hi, org + (hi - 0.5) * vs)
     path = table.to_csv(tmp_path / "objects.csv")
     rows = path.read_text().splitlines()
     assert rows[0].startswith("label,voxels,centroid_z_um") and len(rows) == len(ids) + 1

@@ -68,7 +68,8 @@ def test_level_one_and_store_with_several_images(tmp_path):
     ts1 = Tileset.from_ome_zarr(tmp_path / "all.zarr", level=1)
     assert len(ts1) == 4
     np.testing.assert_allclose(ts1.voxel_size, VS * [1, 2, 2])
-    np.testing.assert_allclose(ts1.offsets, m.offsets_px * VS)
+    # level 1 (2 x 2 mean in y, x): voxel 0 is centred half a level-0 voxel further on
+    np.testing.assert_allclose(ts1.offsets, m.offsets_px * VS + np.array([0, 0.5, 0.5]) * VS)
     fused1 = ts1.fuse(blend="overwrite")
     np.testing.assert_array_equal(fused1, downsample(vol, (1, 2, 2)))
 

@@ -47,8 +47,9 @@ def test_overlap_slices_select_the_same_voxels(zdim):
         assert a.shape == b.shape and a.size > 0
         np.testing.assert_array_equal(a, b)
         # the world box of the slices is the overlap box
+        # (the first voxel's centre is half a voxel inside the box)
         lo_i = ts[o.i].offset + np.array([s.start for s in o.slices_i]) * ts.voxel_size
-        np.testing.assert_allclose(lo_i, o.lo)
+        np.testing.assert_allclose(lo_i - ts.voxel_size / 2, o.lo)
 
 
 def test_fractional_and_nonsquare():
@@ -56,8 +57,9 @@ def test_fractional_and_nonsquare():
         [np.zeros((3, 10, 30)), np.zeros((3, 25, 8))], [(0, 0, 0), (0, 9.5, 27.25)]
     )
     (o,) = ts.overlaps()
-    np.testing.assert_allclose(o.lo, [0, 9.5, 27.25])
-    np.testing.assert_allclose(o.hi, [3, 10, 30])
+    # boxes span half a voxel beyond the first and last voxel centres
+    np.testing.assert_allclose(o.lo, [-0.5, 9.0, 26.75])
+    np.testing.assert_allclose(o.hi, [2.5, 9.5, 29.5])
     assert o.slices_i == (slice(0, 3), slice(9, 10), slice(27, 30))
     assert o.slices_j == (slice(0, 3), slice(0, 1), slice(0, 3))
     assert o.volume == pytest.approx(3 * 0.5 * 2.75)

@@ -20,8 +20,9 @@ def test_tile_geometry_from_array():
     np.testing.assert_allclose(t.voxel_size, [2.0, 0.5, 0.5])
     np.testing.assert_allclose(t.voxel_offset, [0.5, 5.0, -6.0])
     lo, hi = t.box
-    np.testing.assert_allclose(lo, [1.0, 2.5, -3.0])
-    np.testing.assert_allclose(hi, [9.0, 5.0, 0.0])
+    # offset = centre of voxel 0; the box extends half a voxel beyond the end centres
+    np.testing.assert_allclose(lo, [0.0, 2.25, -3.25])
+    np.testing.assert_allclose(hi, [8.0, 4.75, -0.25])
     np.testing.assert_array_equal(t.read(((1, 3), (0, 2), (4, 6))), a[1:3, 0:2, 4:6])
     np.testing.assert_array_equal(np.asarray(t), a)
 

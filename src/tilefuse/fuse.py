@@ -44,7 +44,11 @@ Region = tuple[slice, slice, slice]
 
 @dataclass(frozen=True)
 class OutputGrid:
-    """The fused volume's voxel grid: voxel ``j`` sits at ``origin + j * voxel_size``."""
+    """The fused volume's voxel grid: voxel ``j`` is centred at ``origin + j * voxel_size``.
+
+    ``origin`` is the centre of voxel 0 (NGFF's ``translation``); voxel ``j``
+    covers ``origin + (j -+ 1/2) * voxel_size``.
+    """
 
     origin: tuple[float, float, float]
     voxel_size: tuple[float, float, float]
@@ -52,22 +56,26 @@ class OutputGrid:
 
     @classmethod
     def covering(cls, tiles: Sequence[Tile], voxel_size: ArrayLike) -> OutputGrid:
-        """The smallest grid at ``voxel_size`` covering every tile's box."""
+        """The smallest grid at ``voxel_size`` whose voxels cover every tile's box.
+
+        The first output voxel's extent starts at the boxes' lower corner, so
+        tiles at ``voxel_size`` on a common lattice keep their voxel centres.
+        """
         vs = np.asarray(voxel_size, dtype=float)
         lo = np.min([t.box[0] for t in tiles], axis=0)
         hi = np.max([t.box[1] for t in tiles], axis=0)
         shape = np.maximum(np.ceil((hi - lo) / vs - INTEGER_TOL), 1).astype(int)
         return cls(
-            tuple(float(v) for v in lo),  # type: ignore[arg-type]
+            tuple(float(v) for v in lo + vs / 2),  # type: ignore[arg-type]
             tuple(float(v) for v in vs),  # type: ignore[arg-type]
             tuple(int(s) for s in shape),  # type: ignore[arg-type]
         )
 
     def world_box(self, region: Region) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        """World box ``[lo, hi)`` spanned by a voxel region of the grid."""
+        """World box ``[lo, hi)`` spanned by the voxels of a region of the grid."""
         o, v = np.asarray(self.origin), np.asarray(self.voxel_size)
-        start = np.array([r.start for r in region], dtype=float)
-        stop = np.array([r.stop for r in region], dtype=float)
+        start = np.array([r.start for r in region], dtype=float) - 0.5
+        stop = np.array([r.stop for r in region], dtype=float) - 0.5
         return o + start * v, o + stop * v
 
 
@@ -205,8 +213,7 @@ class FusionPlan:
         """For one cell: each voxel from the contribution whose tile centre is nearest."""
         origin, vs = np.asarray(self.grid.origin), np.asarray(self.grid.voxel_size)
         pos = [
-            origin[ax]
-            + (np.arange(cell[ax].start, cell[ax].stop) + region[ax].start + 0.5) * vs[ax]
+            origin[ax] + (np.arange(cell[ax].start, cell[ax].stop) + region[ax].start) * vs[ax]
             for ax in range(3)
         ]
         dist = np.stack(
@@ -237,7 +244,7 @@ class FusionPlan:
                 j = np.arange(sub[ax].start, sub[ax].stop) + region[ax].start
                 sh = [1, 1, 1]
                 sh[ax] = j.size
-                d = d + ((origin[ax] + (j + 0.5) * vs[ax] - centre[ax]) ** 2).reshape(sh)
+                d = d + ((origin[ax] + j * vs[ax] - centre[ax]) ** 2).reshape(sh)
             closer = d < best[sub]
             if mask is not None:
                 closer &= mask
@@ -338,9 +345,9 @@ class FusionPlan:
             da = d[ax]
             if abs(da - round(da)) < INTEGER_TOL:
                 da = float(round(da))
-            # output j is covered when 0 <= j + da < n
-            jlo = max(region[ax].start, int(np.ceil(-da - INTEGER_TOL)))
-            jhi = min(region[ax].stop, int(np.ceil(n - da - INTEGER_TOL)))
+            # output j (centre at tile index j + da) is covered when -1/2 <= j + da < n - 1/2
+            jlo = max(region[ax].start, int(np.ceil(-0.5 - da - INTEGER_TOL)))
+            jhi = min(region[ax].stop, int(np.ceil(n - 0.5 - da - INTEGER_TOL)))
             if jhi <= jlo:
                 return []
             t0 = jlo + da
@@ -348,9 +355,17 @@ class FusionPlan:
             f = t0 - base if abs(t0 - base) > INTEGER_TOL else 0.0
             stop = base + (jhi - jlo) + (1 if f else 0)
             sub.append(slice(jlo - region[ax].start, jhi - region[ax].start))
-            read.append((base, min(stop, n)))
+            read.append((base, stop))
             frac.append(f)
-        data = tile.source.read(tuple(slice(a, b) for a, b in read))  # type: ignore[arg-type]
+        # within half a voxel outside the first/last centre: the edge voxel's value
+        data = tile.source.read(
+            tuple(slice(max(a, 0), min(b, n)) for (a, b), n in zip(read, tile.shape, strict=True))  # type: ignore[arg-type]
+        )
+        pad = [(0, 0)] + [
+            (max(-a, 0), max(b - n, 0)) for (a, b), n in zip(read, tile.shape, strict=True)
+        ]
+        if any(p != (0, 0) for p in pad):
+            data = np.pad(data, pad, mode="edge")
         if any(frac):
             data = data.astype(self._acc, copy=False)
             for ax, f in enumerate(frac):
@@ -387,10 +402,11 @@ class FusionPlan:
             tt[np.abs(tt - np.round(tt)) < INTEGER_TOL] = np.round(
                 tt[np.abs(tt - np.round(tt)) < INTEGER_TOL]
             )
-            mask &= (tt >= 0) & (tt < n[ax])
+            # output voxel centres inside the tile's box: [-1/2, n - 1/2) in tile indices
+            mask &= (tt >= -0.5) & (tt < n[ax] - 0.5)
         if not mask.any():
             return []
-        lo = np.floor(t[:, mask].min(axis=1)).astype(int)
+        lo = np.maximum(np.floor(t[:, mask].min(axis=1)).astype(int), 0)
         hi = np.minimum(np.floor(t[:, mask].max(axis=1)).astype(int) + 2, n)
         data = tile.source.read(tuple(slice(a, b) for a, b in zip(lo, hi, strict=True)))  # type: ignore[arg-type]
         from scipy import ndimage  # only the general-affine path needs it (slow to import)

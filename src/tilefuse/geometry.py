@@ -1,8 +1,14 @@
 """Boxes, affines and the overlap search.
 
 All coordinates are (z, y, x). A tile's placement is a 4x4 affine that maps
-voxel indices to world micrometres; voxel ``i`` of a tile covers the index
-interval ``[i, i + 1)``, so a tile of shape ``n`` spans ``[A @ 0, A @ n)``.
+voxel indices to world micrometres. **Voxel centres**: voxel ``i`` sits at
+world position ``A @ i`` (its centre), exactly as NGFF
+``coordinateTransformations`` and BigDataViewer's ViewRegistrations define it.
+Voxel ``i`` covers the index interval ``[i - 1/2, i + 1/2)``, so a tile of
+shape ``n`` spans the box ``[A @ -1/2, A @ (n - 1/2))``: from the first voxel's
+centre minus half a voxel to the last voxel's centre plus half a voxel.
+Every path that resamples a grid maps target voxel centres to source indices
+(`nearest_indices` for labels: never interpolated).
 """
 
 from __future__ import annotations
@@ -22,6 +28,9 @@ __all__ = [
     "boxes_of",
     "boxes_overlap",
     "is_translation",
+    "nearest_index",
+    "nearest_indices",
+    "nearest_indices_separable",
     "overlapping_pairs",
     "voxel_slices",
 ]
@@ -38,7 +47,7 @@ def affine_from_offset(voxel_size: ArrayLike, offset: ArrayLike) -> NDArray[np.f
     voxel_size : array_like of 3 floats
         Voxel size (z, y, x) in micrometres.
     offset : array_like of 3 floats
-        World position (z, y, x) of voxel (0, 0, 0) in micrometres.
+        World position (z, y, x) of the centre of voxel (0, 0, 0) in micrometres.
 
     Returns
     -------
@@ -59,7 +68,10 @@ def is_translation(affine: NDArray[np.float64], tol: float = 1e-9) -> bool:
 def box_of(
     affine: NDArray[np.float64], shape: Sequence[int]
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """World bounding box ``(lo, hi)`` of a tile of ``shape`` placed by ``affine``."""
+    """World bounding box ``(lo, hi)`` of a tile of ``shape`` placed by ``affine``.
+
+    The box of the voxels' extents: index ``-1/2`` to ``n - 1/2`` per axis.
+    """
     lo, hi = boxes_of(np.asarray(affine)[None], np.asarray(shape)[None])
     return lo[0], hi[0]
 
@@ -75,7 +87,7 @@ def boxes_of(
     shapes : ndarray of shape (n, 3)
     """
     unit = np.array(np.meshgrid([0, 1], [0, 1], [0, 1], indexing="ij")).reshape(3, -1).T
-    corners = unit[None, :, :] * np.asarray(shapes, dtype=float)[:, None, :]  # (n, 8, 3)
+    corners = unit[None, :, :] * np.asarray(shapes, dtype=float)[:, None, :] - 0.5  # (n, 8, 3)
     world = np.einsum("nij,nkj->nki", affines[:, :3, :3], corners) + affines[:, None, :3, 3]
     return world.min(axis=1), world.max(axis=1)
 
@@ -180,14 +192,95 @@ def voxel_slices(
 ) -> tuple[slice, ...]:
     """Voxel slices of a tile that cover the world box ``[lo, hi)``.
 
-    For axis-aligned tiles this is exact (every voxel whose extent intersects
-    the box); for rotated tiles it is the voxel bounding box of the world box.
+    For axis-aligned tiles this is exact (every voxel whose extent
+    ``[i - 1/2, i + 1/2)`` intersects the box); for rotated tiles it is the
+    voxel bounding box of the world box.
     """
     inv = np.linalg.inv(affine)
     corners = np.array(np.meshgrid(*[[lo[i], hi[i]] for i in range(3)], indexing="ij"))
-    idx = inv[:3, :3] @ corners.reshape(3, -1) + inv[:3, 3:4]
+    idx = inv[:3, :3] @ corners.reshape(3, -1) + inv[:3, 3:4] + 0.5
     start = np.floor(idx.min(axis=1) + INTEGER_TOL).astype(int)
     stop = np.ceil(idx.max(axis=1) - INTEGER_TOL).astype(int)
     return tuple(
         slice(int(max(a, 0)), int(min(b, s))) for a, b, s in zip(start, stop, shape, strict=True)
     )
+
+
+def nearest_index(coords: ArrayLike) -> NDArray[np.int64]:
+    """The voxel whose extent holds each continuous index: ``floor(c + 1/2)``.
+
+    Halves round up (towards +inf) on every axis, the same way everywhere;
+    values within `INTEGER_TOL` of a half are taken as that half, so float
+    noise in an affine never flips a voxel.
+    """
+    c = np.asarray(coords, dtype=float) + 0.5
+    r = np.round(c)
+    c = np.where(np.abs(c - r) < INTEGER_TOL, r, c)
+    return np.floor(c).astype(np.int64)
+
+
+def nearest_indices(
+    source_affine: NDArray[np.float64],
+    source_shape: Sequence[int],
+    target_affine: NDArray[np.float64],
+    target_region: Sequence[slice],
+) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
+    """The voxel correspondence used for labels: target voxel centre -> nearest source voxel.
+
+    The one rule by which label deduplication links voxels and label fusion
+    places them (what is linked is what is placed): each target voxel's
+    centre is mapped into the source's index space and rounded with
+    `nearest_index`; it has a partner when that voxel exists.
+
+    Parameters
+    ----------
+    source_affine, target_affine : ndarray of shape (4, 4)
+        Placements (voxel centres -> world) of the source and of the target grid.
+    source_shape : sequence of 3 ints
+        Source shape (z, y, x).
+    target_region : sequence of 3 slices
+        The target voxels (z, y, x) to map.
+
+    Returns
+    -------
+    (indices, valid)
+        ``indices`` is ``(3, *region_shape)``, the source voxel of each target
+        voxel (clipped into the source); ``valid`` marks target voxels whose
+        nearest source voxel exists.
+    """
+    m = np.linalg.inv(np.asarray(source_affine, dtype=float)) @ np.asarray(target_affine, float)
+    axes = [np.arange(r.start, r.stop, dtype=float) for r in target_region]
+    grid = np.meshgrid(*axes, indexing="ij")
+    pts = np.stack(grid).reshape(3, -1)
+    cont = m[:3, :3] @ pts + m[:3, 3:4]
+    idx = nearest_index(cont)
+    n = np.asarray(source_shape, dtype=np.int64)[:, None]
+    valid = np.all((idx >= 0) & (idx < n), axis=0)
+    idx = np.clip(idx, 0, n - 1)
+    shape = tuple(len(a) for a in axes)
+    return idx.reshape(3, *shape), valid.reshape(shape)
+
+
+def nearest_indices_separable(
+    source_affine: NDArray[np.float64],
+    source_shape: Sequence[int],
+    target_affine: NDArray[np.float64],
+    target_region: Sequence[slice],
+) -> list[tuple[NDArray[np.int64], NDArray[np.bool_]]]:
+    """`nearest_indices` for axis-aligned grids, one axis at a time.
+
+    Same rule, same rounding, without the full index grid: per axis (z, y, x)
+    the source index of every target index in ``target_region`` and whether
+    it exists. The two grids must be axis-aligned to each other.
+    """
+    m = np.linalg.inv(np.asarray(source_affine, dtype=float)) @ np.asarray(target_affine, float)
+    if not is_translation(m):
+        msg = "nearest_indices_separable needs two axis-aligned grids (no rotation between them)"
+        raise ValueError(msg)
+    out = []
+    for ax, r in enumerate(target_region):
+        cont = m[ax, ax] * np.arange(r.start, r.stop, dtype=float) + m[ax, 3]
+        idx = nearest_index(cont)
+        valid = (idx >= 0) & (idx < int(source_shape[ax]))
+        out.append((np.clip(idx, 0, int(source_shape[ax]) - 1), valid))
+    return out

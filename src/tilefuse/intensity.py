@@ -157,7 +157,8 @@ def preview(
     elif projection is None:
         lo, hi = tileset.bounds
         zz = (lo[0] + hi[0]) / 2 if z is None else float(z)
-        k = int(np.floor((zz - grid.origin[0]) / grid.voxel_size[0] + 1e-9))
+        # the plane whose voxels hold z (grid.origin is the centre of plane 0)
+        k = int(np.floor((zz - grid.origin[0]) / grid.voxel_size[0] + 0.5 + 1e-9))
         if not 0 <= k < grid.shape[0]:
             msg = f"z = {zz} um is outside the tileset ({lo[0]} .. {hi[0]} um)"
             raise ValueError(msg)

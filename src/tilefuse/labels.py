@@ -22,6 +22,7 @@ from scipy.sparse.csgraph import connected_components
 from tqdm import tqdm
 
 from tilefuse.errors import LabelError
+from tilefuse.geometry import nearest_indices_separable
 
 if TYPE_CHECKING:
     import os
@@ -195,17 +196,16 @@ def _overlap_pair_regions(
             f"{ti.name!r} and {tj.name!r} are not"
         )
         raise LabelError(msg)
-    shift = np.rint((ti.offset - tj.offset) / ti.voxel_size).astype(
-        int
-    )  # j index = i index + shift
+    # the voxel correspondence label fusion uses too: j's voxel nearest to each i voxel centre
+    per_axis = nearest_indices_separable(tj.affine, tj.shape, ti.affine, slices_i)
     ri, rj = [], []
-    for ax, s in enumerate(slices_i):
-        a = max(s.start, -shift[ax])
-        b = min(s.stop, tj.shape[ax] - shift[ax])
-        if b <= a:
+    for s, (idx, valid) in zip(slices_i, per_axis, strict=True):
+        hit = np.flatnonzero(valid)
+        if not hit.size:
             return None
-        ri.append(slice(a, b))
-        rj.append(slice(a + shift[ax], b + shift[ax]))
+        a, b = int(hit[0]), int(hit[-1]) + 1
+        ri.append(slice(s.start + a, s.start + b))
+        rj.append(slice(int(idx[a]), int(idx[b - 1]) + 1))
     return (ri[0], ri[1], ri[2]), (rj[0], rj[1], rj[2])
 
 

@@ -30,9 +30,12 @@ class ObjectTable:
     voxels : ndarray of shape (n,)
         Voxel count.
     centroid : ndarray of shape (n, 3)
-        Mean voxel position ``origin + index * voxel_size``.
+        Mean of the object's voxel centres, ``origin + index * voxel_size``
+        (``origin`` is the centre of voxel 0): a one-voxel object's centroid
+        is that voxel's centre.
     bbox_lo, bbox_hi : ndarray of shape (n, 3)
-        Half-open world bounding box of the object's voxels.
+        Half-open world bounding box of the object's voxels (their extents,
+        half a voxel beyond the first and last centres).
     """
 
     label: NDArray[np.int64]
@@ -113,7 +116,7 @@ def object_table(
         A label volume ``(z, y, x)`` (a leading axis of size 1 is allowed).
         A `MultiScaleGroup` supplies its own voxel size and origin (level 0).
     voxel_size, origin : array_like of 3 floats, optional
-        For arrays (default 1 and 0).
+        For arrays (default 1 and 0); ``origin`` is the centre of voxel 0.
     block : tuple of 3 ints
         Block size of the scan (memory is about one block per worker).
     workers : int, optional
@@ -162,6 +165,6 @@ def object_table(
         u,
         n,
         org + (s / n).T * vs,
-        org + lo.T * vs,
-        org + (hi.T + 1) * vs,
+        org + (lo.T - 0.5) * vs,
+        org + (hi.T + 0.5) * vs,
     )

@@ -100,8 +100,9 @@ class RegistrationReport:
         for idx, off in enumerate(self.offsets_after):
             if tileset is not None:
                 size = np.asarray(tileset[idx].shape) * tileset[idx].voxel_size
-                ax.add_patch(Rectangle((off[2], off[1]), size[2], size[1], fill=False, lw=0.8))
-                centres[idx] = off + size / 2
+                lo = off - tileset[idx].voxel_size / 2  # the box: half a voxel before centre 0
+                ax.add_patch(Rectangle((lo[2], lo[1]), size[2], size[1], fill=False, lw=0.8))
+                centres[idx] = lo + size / 2
             else:
                 centres[idx] = off
         cmap = plt.get_cmap("viridis")

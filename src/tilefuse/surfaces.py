@@ -34,7 +34,7 @@ class Surfaces:
     contact: NDArray[np.float64]
 
     def world_z(self, tile: Tile, which: str = "top") -> NDArray[np.float64]:
-        """A height map in world micrometres (z of the plane's voxel corner)."""
+        """A height map in world micrometres (z of the plane's voxel centre)."""
         return tile.offset[0] + getattr(self, which) * tile.voxel_size[0]
 
 

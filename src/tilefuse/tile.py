@@ -54,7 +54,8 @@ class Tile:
     source : PixelSource
         Lazy pixels of shape ``(c, z, y, x)``; only requested regions are read.
     affine : array_like of shape (4, 4)
-        Placement: maps voxel indices (z, y, x) to world micrometres.
+        Placement: maps voxel indices (z, y, x) to the world micrometres of
+        the voxels' centres (as NGFF and BigDataViewer do).
     name : str
         A human name (usually the file name).
     index : int
@@ -66,9 +67,10 @@ class Tile:
 
     Notes
     -----
-    Voxel ``i`` covers the index interval ``[i, i + 1)``: a tile of shape ``n``
-    spans the world box ``[affine @ 0, affine @ n)``. Pixel offsets are derived
-    from the affine, never stored.
+    Voxel ``i`` is centred at ``affine @ i`` and covers the index interval
+    ``[i - 1/2, i + 1/2)``: a tile of shape ``n`` spans the world box
+    ``[affine @ -1/2, affine @ (n - 1/2))``. Pixel offsets are derived from
+    the affine, never stored.
     """
 
     source: PixelSource
@@ -105,7 +107,7 @@ class Tile:
         array : array_like
             ``(y, x)``, ``(z, y, x)`` or ``(c, z, y, x)``.
         offset : array_like of 3 floats
-            World position (z, y, x) of voxel 0, in micrometres.
+            World position (z, y, x) of the centre of voxel 0, in micrometres.
         voxel_size : array_like of 3 floats
             Voxel size (z, y, x) in micrometres.
         **kwargs
@@ -137,7 +139,7 @@ class Tile:
 
     @property
     def offset(self) -> NDArray[np.float64]:
-        """World position (z, y, x) of voxel (0, 0, 0), in micrometres."""
+        """World position (z, y, x) of the centre of voxel (0, 0, 0), in micrometres."""
         return self.affine[:3, 3].copy()
 
     @property
@@ -172,13 +174,17 @@ class Tile:
         Returns
         -------
         Tile
-            Same world position (the first voxel's corner); voxel size times
-            ``factors``; shape ``ceil(n / f)``.
+            Voxel size times ``factors``; shape ``ceil(n / f)``. Voxel centres
+            follow the method: a mean of ``f`` voxels sits at the mean of their
+            centres (``(f - 1) / 2`` old voxels after the first one), a stride
+            keeps the centre of the voxel it keeps.
         """
         from tilefuse.source import DownscaledSource
 
         f = tuple(int(v) for v in np.broadcast_to(np.asarray(factors), (3,)))
         a = np.array(self.affine)
+        if method == "mean":  # new voxel 0 = mean of the centres of old voxels 0 .. f - 1
+            a[:3, 3] = a[:3, :3] @ ((np.array(f, dtype=float) - 1) / 2) + a[:3, 3]
         a[:3, :3] = a[:3, :3] * np.array(f, dtype=float)  # scale the voxel axes
         return dataclasses.replace(
             self,

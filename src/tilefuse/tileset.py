@@ -713,8 +713,9 @@ class Tileset(Sequence[Tile]):
         tiles, p = self._tiles, self._placement
         axis_aligned = p["axis_aligned"][idx]
         offs, vs, shape = p["offset"][idx], p["voxel_size"][idx], p["shape"][idx]
-        start = np.clip(np.floor((lo - offs) / vs + INTEGER_TOL), 0, shape).astype(int)
-        stop = np.clip(np.ceil((hi - offs) / vs - INTEGER_TOL), 0, shape).astype(int)
+        # voxel i covers [i - 1/2, i + 1/2) in index space (voxel centres at integers)
+        start = np.clip(np.floor((lo - offs) / vs + 0.5 + INTEGER_TOL), 0, shape).astype(int)
+        stop = np.clip(np.ceil((hi - offs) / vs + 0.5 - INTEGER_TOL), 0, shape).astype(int)
         out: list[tuple[slice, ...]] = []
         for k, (a, b) in enumerate(zip(start.tolist(), stop.tolist(), strict=True)):
             if axis_aligned[k]:
@@ -949,7 +950,8 @@ class Tileset(Sequence[Tile]):
         ----------
         points : array_like of shape (n, 4)
             Rows ``(tile_index, z, y, x)`` in the tile's voxel indices (may be
-            fractional, e.g. centroids).
+            fractional, e.g. centroids); index ``i`` is the centre of voxel
+            ``i`` (the tile's affine maps voxel centres).
 
         Returns
         -------

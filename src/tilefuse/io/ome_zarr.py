@@ -5,8 +5,13 @@ keys). Level 0 is written block by block, each block one whole shard (or one
 chunk when unsharded) written once by one task; lower levels are computed
 block-wise from the level above (`add_downsample_level`).
 
-Coordinates follow the pixel-centre convention: level ``i`` with cumulative
-factors ``f`` has ``scale = v0 * f`` and ``translation = t0 + (f - 1) / 2 * v0``.
+Coordinates are voxel centres, as NGFF defines them: ``translation`` is the
+centre of voxel 0. Level ``i`` made from level ``i - 1`` by factors ``f`` has
+``scale = s_{i-1} * f``; a mean or mode over ``f`` voxels sits at the mean of
+their centres, ``translation = t_{i-1} + (f - 1) / 2 * s_{i-1}``, while
+``nearest`` keeps the first voxel of each window and its centre,
+``translation = t_{i-1}``. Stores written by other tools are read with their
+own per-level ``scale`` and ``translation``.
 
 Progress of a write is recorded as marker files under
 ``<store>/.tilefuse-progress/`` and the group attribute
@@ -327,11 +332,29 @@ class MultiScaleGroup:
 
     def level_voxel_size(self, level: int) -> NDArray[np.float64]:
         """Voxel size (z, y, x) of ``level``."""
+        declared = self._info.get("level_scales")
+        if declared and level < len(declared):  # a foreign store: as its metadata says
+            return np.array(declared[level], dtype=float)
         return self.voxel_size * self.factors(level)
 
     def level_origin(self, level: int) -> NDArray[np.float64]:
-        """World position of voxel 0 of ``level`` (pixel-centre convention)."""
-        return self.origin + (self.factors(level) - 1) / 2 * self.voxel_size
+        """World position of the centre of voxel 0 of ``level``.
+
+        Each mean/mode level moves it by ``(f - 1) / 2`` voxels of the level
+        above (the mean of the merged voxels' centres); a ``nearest`` level
+        keeps it (the kept voxel's centre).
+        """
+        declared = self._info.get("level_translations")
+        if declared and level < len(declared):  # a foreign store: as its metadata says
+            return np.array(declared[level], dtype=float)
+        methods = list(self._info.get("methods") or [])
+        origin = self.origin.copy()
+        for k in range(1, level + 1):
+            method = methods[k - 1] if k - 1 < len(methods) else "mean"
+            if method != "nearest":
+                step = self.factors(k) / self.factors(k - 1)
+                origin += (step - 1) / 2 * self.level_voxel_size(k - 1)
+        return origin
 
     # -- block grid -----------------------------------------------------------------
     def block_shape(self, level: int = 0) -> tuple[int, int, int]:
@@ -813,11 +836,23 @@ def _info_from_multiscales(ms: dict[str, Any], ome: dict[str, Any], path: Path) 
         raise StoreError(msg) from e
     vs = [1.0] * (3 - len(sp)) + [float(scale[i]) for i in sp]
     org = [0.0] * (3 - len(sp)) + [float(trans[i]) for i in sp]
+    scales, translations = [], []
+    for ds in ms["datasets"]:
+        ct = ds.get("coordinateTransformations", [])
+        sc = next((t["scale"] for t in ct if t.get("type") == "scale"), None)
+        tr = next((t["translation"] for t in ct if t.get("type") == "translation"), None)
+        if sc is None:
+            break
+        tr = tr if tr is not None else [0.0] * len(axes)
+        scales.append([1.0] * (3 - len(sp)) + [float(sc[i]) for i in sp])
+        translations.append([0.0] * (3 - len(sp)) + [float(tr[i]) for i in sp])
     return {
         "kind": "label" if "image-label" in ome else "image",
         "status": "complete",
         "voxel_size": vs,
         "origin": org,
+        "level_scales": scales,
+        "level_translations": translations,
         "unit": units[0] if units and units[0] else "micrometer",
         "name": ms.get("name", path.name),
         "channel_names": None,

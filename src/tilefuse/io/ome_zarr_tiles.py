@@ -1,10 +1,9 @@
 """OME-Zarr images as tiles: one multiscale image per tile, any resolution level.
 
 Positions come from each image's ``coordinateTransformations``: the chosen
-level's ``scale`` is the voxel size and its ``translation`` the position. The
-translation of a downsampled level is taken to follow the pixel-centre
-convention (ome-zarr-py, tilefuse): level ``l`` with voxel size ``s_l`` starts
-at ``translation_l - (s_l - s_0) / 2`` in tilefuse's corner convention.
+level's ``scale`` is the voxel size and its ``translation`` the centre of its
+voxel 0, which is exactly tilefuse's placement (an affine maps voxel centres,
+as in NGFF), at any level.
 """
 
 from __future__ import annotations
@@ -99,16 +98,13 @@ def image_tile(path: Path, level: int = 0, timepoint: int = 0, index: int = 0) -
         return np.full(len(axes), default)
 
     scale, trans = transform(ds, "scale", 1.0), transform(ds, "translation", 0.0)
-    scale0 = transform(datasets[0], "scale", 1.0)
     view = OmeZarrSource(path, ds["path"], axes, timepoint)
     sp = [axes.index(a) if a in axes else None for a in "zyx"]
     vs = np.array([scale[i] if i is not None else 1.0 for i in sp])
-    v0 = np.array([scale0[i] if i is not None else 1.0 for i in sp])
     t = np.array([trans[i] if i is not None else 0.0 for i in sp])
-    offset = t - (vs - v0) / 2  # pixel-centre translation -> voxel-corner offset
     return Tile(
         view,
-        affine_from_offset(vs, offset),
+        affine_from_offset(vs, t),  # NGFF translation = centre of voxel 0 = tilefuse offset
         name=path.name,
         index=index,
         metadata={"path": str(path), "level": level},

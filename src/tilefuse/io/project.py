@@ -9,9 +9,8 @@ still opens (shapes, channels and positions are known) and only reading
 pixels raises an error naming the missing or unsupported image.
 
 BigDataViewer's affine maps a voxel index to the world position of that
-voxel; tilefuse uses the same matrix as the voxel's placement (``[i, i+1)``
-per voxel), which shifts every tile by the same half voxel and leaves all
-relative positions unchanged.
+voxel's centre, which is exactly tilefuse's placement: the matrices are used
+as they are, in both directions, with no half-voxel term.
 """
 
 from __future__ import annotations
@@ -229,10 +228,11 @@ def tileset_to_xml(
                 tj.metadata["setups"][0],
             )
             w = _world_unit(ti, sd)
+            # BigStitcher's overlap box spans voxel centres: first to last
             lo = np.maximum(report.offsets_before[k.i], report.offsets_before[k.j])
             hi = np.minimum(
-                report.offsets_before[k.i] + np.asarray(ti.shape) * ti.voxel_size,
-                report.offsets_before[k.j] + np.asarray(tj.shape) * tj.voxel_size,
+                report.offsets_before[k.i] + (np.asarray(ti.shape) - 1) * ti.voxel_size,
+                report.offsets_before[k.j] + (np.asarray(tj.shape) - 1) * tj.voxel_size,
             )
             pairwise.append(
                 {
