@@ -63,6 +63,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     """Print what a tileset holds."""
     ts = _open(args)
     info = ts.summary()
+    if getattr(args, "seams", False):
+        info["seam_metric"] = _seams(ts, args)
     if args.json:
         _out(json.dumps(info, indent=2))
         return 0
@@ -77,6 +79,53 @@ def cmd_info(args: argparse.Namespace) -> int:
     _out(f"{'tile':<32} {'shape (z, y, x)':<20} offset um (z, y, x)")
     for t in info["tile_list"]:
         _out(f"{t['name']:<32} {tuple(t['shape'])!s:<20} {_fmt(t['offset_um'])}")
+    for c, v in info.get("seam_metric", {}).items():
+        _out(f"seam metric {c}: {v:.3f} (1 = seamless)")
+    return 0
+
+
+def _seams(ts: Tileset, args: argparse.Namespace) -> dict[str, float]:
+    """Seam metric per channel, raw and (with --correct) corrected."""
+    out = {}
+    for c in range(ts.n_channels):
+        out[f"channel {c}"] = float(ts.seam_metric(c).score)
+    if getattr(args, "correct", None):
+        cts = _corrected(ts, args.correct)
+        for c in range(ts.n_channels):
+            out[f"channel {c} corrected"] = float(cts.seam_metric(c).score)
+    return out
+
+
+def _corrected(ts: Tileset, spec: str) -> Tileset:
+    """``--correct FILE.npz`` or ``--correct auto``."""
+    return ts.correct(spec)
+
+
+def cmd_correct(args: argparse.Namespace) -> int:
+    """Estimate shading profiles and per-tile gains; save them (.npz) and a QC picture."""
+    ts = _open(args)
+    corr = ts.estimate_corrections(
+        channels=args.channels,
+        flatfield=args.flatfield if args.flatfield else not args.no_flatfield,
+        darkfield=args.darkfield_file if args.darkfield_file else args.darkfield,
+        gains=not args.no_gains,
+        offsets=args.offsets,
+        reference=args.reference,
+        max_planes=args.max_planes,
+    )
+    out = corr.save(args.output)
+    _out(f"corrections:  {out}")
+    if corr.gains is not None:
+        g = corr.gains
+        ref = corr.info["reference"]
+        _out(f"gains:        {g.min():.4g} .. {g.max():.4g} (reference tile {ref})")
+    before = {c: ts.seam_metric(c).score for c in range(ts.n_channels)}
+    after = ts.correct(corr)
+    for c, v in before.items():
+        _out(f"seam metric channel {c}: {v:.3f} -> {after.seam_metric(c).score:.3f} (1 = seamless)")
+    if args.qc_png:
+        corr.to_png(args.qc_png)
+        _out(f"QC picture:   {args.qc_png}")
     return 0
 
 
@@ -121,6 +170,8 @@ def cmd_register(args: argparse.Namespace) -> int:
 def cmd_stitch(args: argparse.Namespace) -> int:
     """Fuse a tileset into OME-Zarr."""
     ts = _open(args)
+    if args.correct:
+        ts = _corrected(ts, args.correct)
     if args.register:
         ts, _ = _register(ts, args)
     t0 = time.perf_counter()
@@ -321,7 +372,31 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("info", help="describe a tileset")
     add_input(sp)
     sp.add_argument("--json", action="store_true", help="print JSON")
+    sp.add_argument("--seams", action="store_true", help="measure the seam metric (1 = seamless)")
+    sp.add_argument(
+        "--correct", metavar="NPZ|auto", help="with --seams: also measure after these corrections"
+    )
     sp.set_defaults(func=cmd_info)
+
+    sp = sub.add_parser("correct", help="estimate flat-field and per-tile gains (.npz)")
+    add_input(sp)
+    sp.add_argument("-o", "--output", required=True, help="output corrections .npz")
+    sp.add_argument("--channels", type=int, nargs="+", help="channels to correct (default all)")
+    sp.add_argument("--flatfield", help="use this flat-field (.npy/.tif) instead of estimating")
+    sp.add_argument("--no-flatfield", action="store_true", help="no shading correction")
+    sp.add_argument(
+        "--darkfield",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="also estimate a dark-field (needs planes of varied brightness; default off)",
+    )
+    sp.add_argument("--darkfield-file", help="use this dark-field (.npy/.tif)")
+    sp.add_argument("--no-gains", action="store_true", help="no tile-to-tile equalisation")
+    sp.add_argument("--offsets", action="store_true", help="also solve an offset per tile")
+    sp.add_argument("--reference", type=int, help="tile kept at gain 1 (default: best linked)")
+    sp.add_argument("--max-planes", type=int, default=200, help="planes sampled for shading")
+    sp.add_argument("--qc-png", help="write a QC picture of the profiles and gains here")
+    sp.set_defaults(func=cmd_correct)
 
     sp = sub.add_parser("stitch", help="fuse a tileset into OME-Zarr")
     add_input(sp)
@@ -349,6 +424,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_registration(sp)
     sp.add_argument("--register", action="store_true", help="register the tiles before fusing")
+    sp.add_argument(
+        "--correct",
+        metavar="NPZ|auto",
+        help="intensity corrections from 'tilefuse correct', or 'auto' to estimate them",
+    )
     sp.set_defaults(func=cmd_stitch)
 
     sp = sub.add_parser("register", help="register tiles; write BigStitcher XML")

@@ -7,6 +7,7 @@ Each class also inherits the builtin a caller would naturally catch, so
 from __future__ import annotations
 
 __all__ = [
+    "CorrectionError",
     "EmptyTilesetError",
     "IncompatibleTilesError",
     "LabelError",
@@ -68,3 +69,7 @@ class RegionError(TilefuseError, ValueError, IndexError):
 
 class ReaderOptionError(TilefuseError, TypeError):
     """An option was given to an input reader that does not take it."""
+
+
+class CorrectionError(TilefuseError, ValueError):
+    """Intensity corrections are invalid or cannot be estimated (bad flat-field, no signal)."""

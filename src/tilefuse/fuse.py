@@ -149,6 +149,10 @@ class FusionPlan:
             "dtype": self.dtype.str,
             "tiles": [[t.name, t.shape, t.affine.round(9).tolist()] for t in self.tiles],
         }
+        # corrected pixels differ: a corrected fusion must not resume an uncorrected one
+        corr = [t.metadata.get("intensity_correction", {}).get("digest") for t in self.tiles]
+        if any(corr):
+            spec["corrections"] = corr
         return hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
     def tiles_in(self, region: Region) -> NDArray[np.intp]:

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
     from numpy.typing import NDArray
 
-__all__ = ["Mosaic", "cut_tiles", "make_volume"]
+__all__ = ["Mosaic", "ShadedMosaic", "cut_tiles", "make_volume", "shaded_mosaic", "vignetting"]
 
 
 def make_volume(
@@ -121,3 +121,91 @@ def cut_tiles(
             tiles.append(np.ascontiguousarray(volume[..., y : y + th, x : x + tw]))
             offs.append((0.0, float(y), float(x)))
     return Mosaic(volume, tiles, np.array(offs), (rows, cols))
+
+
+def vignetting(shape: Sequence[int], corner: float = 0.4) -> NDArray[np.float64]:
+    """A radial vignetting profile over a (y, x) field of view, mean 1.
+
+    ``1 - a r^2 - b r^4`` in the normalised radius (1 at the corners), sampled
+    at voxel centres, with the corners ``corner`` (e.g. 0.4 = 40 %) darker
+    than the centre.
+    """
+    ny, nx = (int(v) for v in shape)
+    y = (np.arange(ny) + 0.5) / ny * 2 - 1
+    x = (np.arange(nx) + 0.5) / nx * 2 - 1
+    r2 = (y[:, None] ** 2 + x[None, :] ** 2) / 2
+    prof = 1 - corner * (0.6 * r2 + 0.4 * r2**2)
+    return prof / prof.mean()
+
+
+@dataclass(frozen=True)
+class ShadedMosaic:
+    """Tiles with known shading, per-tile gains and offsets (the truth of intensity tests).
+
+    Each tile is ``flatfield * (gain * volume + offset) + darkfield`` of its region,
+    rounded to the volume's dtype. ``volume`` is float64 (the truth before rounding).
+    """
+
+    volume: NDArray[np.float64]
+    tiles: list[NDArray[Any]]
+    offsets_px: NDArray[np.float64]
+    flatfield: NDArray[np.float64]
+    darkfield: NDArray[np.float64]
+    gains: NDArray[np.float64]
+    tile_offsets: NDArray[np.float64]
+
+
+def shaded_mosaic(
+    volume: NDArray[Any],
+    grid: tuple[int, int] = (3, 3),
+    *,
+    overlap: float = 0.15,
+    corner: float = 0.4,
+    gains: Sequence[float] | None = None,
+    offsets: Sequence[float] | None = None,
+    darkfield: NDArray[Any] | None = None,
+    reference: int | None = None,
+    dtype: Any = np.uint16,
+    seed: int = 0,
+) -> ShadedMosaic:
+    """Cut a volume into tiles and apply known vignetting, gains and offsets.
+
+    Parameters
+    ----------
+    volume : ndarray
+        (z, y, x) truth intensities.
+    grid, overlap
+        As `cut_tiles`.
+    corner : float
+        Vignetting darkening at the corners (0.3-0.5 typical).
+    gains, offsets : sequence of float, optional
+        Per tile; default random gains in [0.7, 1.4] and offsets in [0, 5 %]
+        of the volume's mean.
+    darkfield : ndarray (y, x), optional
+        Additive profile (default none).
+    reference : int, optional
+        A tile given gain 1 and offset 0 (so corrections relative to it equal the truth).
+    dtype : dtype-like
+        Tile dtype (integers are rounded and clipped).
+    seed : int
+        Random seed for the default gains and offsets.
+    """
+    rng = np.random.default_rng(seed)
+    m = cut_tiles(np.asarray(volume, dtype=np.float64), grid, overlap=overlap)
+    n = len(m.tiles)
+    g = np.asarray(gains, dtype=float) if gains is not None else rng.uniform(0.7, 1.4, n)
+    level = float(np.mean(volume))
+    o = np.asarray(offsets, dtype=float) if offsets is not None else rng.uniform(0, 0.05, n) * level
+    g, o = g.copy(), o.copy()
+    if reference is not None:
+        g[reference], o[reference] = 1.0, 0.0
+    flat = vignetting(m.tiles[0].shape[-2:], corner)
+    dark = np.zeros_like(flat) if darkfield is None else np.asarray(darkfield, dtype=float)
+    dt = np.dtype(dtype)
+    tiles = []
+    for t, gk, ok in zip(m.tiles, g, o, strict=True):
+        img = flat * (gk * t + ok) + dark
+        if np.issubdtype(dt, np.integer):
+            img = np.clip(np.rint(img), np.iinfo(dt).min, np.iinfo(dt).max)
+        tiles.append(img.astype(dt))
+    return ShadedMosaic(m.volume, tiles, m.offsets_px, flat, dark, g, o)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -30,6 +31,7 @@ from tilefuse.tile import Tile
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike, NDArray
 
+    from tilefuse.correction import Corrections
     from tilefuse.io.ome_zarr import MultiScaleGroup
     from tilefuse.labels import LabelMapping
 
@@ -572,8 +574,6 @@ class Tileset(Sequence[Tile]):
         Without ``low``/``high`` the global percentiles ``p`` are used. The
         source files are never changed; scaling happens on read.
         """
-        import dataclasses
-
         from tilefuse.intensity import ScaledSource
 
         if low is None or high is None:
@@ -584,6 +584,81 @@ class Tileset(Sequence[Tile]):
             dataclasses.replace(t, source=ScaledSource(t.source, low, high)) for t in self._tiles
         ]
         return Tileset(tiles, self.voxel_size)
+
+    def estimate_corrections(self, **options: Any) -> Corrections:
+        """Estimate flat-/dark-field profiles and per-tile gains from the tiles themselves.
+
+        See `tilefuse.correction.estimate_corrections` for the options
+        (``channels``, ``flatfield``, ``darkfield``, ``gains``, ``offsets``,
+        ``reference``, ``max_planes``, ...). Apply the result with `correct`.
+        """
+        from tilefuse.correction import estimate_corrections
+
+        return estimate_corrections(self._tiles, self.overlaps(), **options)
+
+    def correct(
+        self,
+        corrections: Corrections | str | os.PathLike[str] | None = None,
+        *,
+        flatfield: ArrayLike | str | os.PathLike[str] | None = None,
+        darkfield: ArrayLike | str | os.PathLike[str] | None = None,
+        gains: ArrayLike | None = None,
+        offsets: ArrayLike | None = None,
+    ) -> Tileset:
+        """The tiles with intensity corrections applied lazily on read.
+
+        Every voxel read becomes ``gain * (raw - darkfield) / flatfield + offset``;
+        fusion, previews, registration and export all see corrected pixels,
+        in the tiles' dtype (integers rounded and clipped; see
+        `tilefuse.correction.clipped_voxels`).
+
+        Parameters
+        ----------
+        corrections : Corrections, path or "auto", optional
+            From `estimate_corrections` or `Corrections.save` (``.npz``);
+            ``"auto"`` estimates them with the defaults.
+        flatfield, darkfield : array_like or path, optional
+            ``(y, x)`` or ``(c, y, x)`` profiles (array, ``.npy`` or TIFF);
+            override those in ``corrections``. Flat-fields are normalised to mean 1.
+        gains, offsets : array_like (n_tiles,) or (n_tiles, c), optional
+            Per-tile linear map; override those in ``corrections``.
+
+        Raises
+        ------
+        CorrectionError
+            If a profile has the wrong shape, zeros or non-finite values, or
+            the gains belong to other tiles.
+        """
+        from tilefuse.correction import Corrections, correct_tiles, load_profile
+
+        if isinstance(corrections, str) and corrections == "auto":
+            corrections = self.estimate_corrections()
+        elif isinstance(corrections, (str, os.PathLike)):
+            corrections = Corrections.load(corrections)
+        corr = dataclasses.replace(corrections) if corrections else Corrections()
+        shape = (self.n_channels, *self._tiles[0].shape[1:])
+        if flatfield is not None:
+            corr.flatfield, corr.info["flatfield_source"] = load_profile(
+                flatfield, shape, "flatfield"
+            )
+        if darkfield is not None:
+            corr.darkfield, corr.info["darkfield_source"] = load_profile(
+                darkfield, shape, "darkfield"
+            )
+        for name, v in (("gains", gains), ("offsets", offsets)):
+            if v is not None:
+                a = np.asarray(v, dtype=float)
+                a = a[:, None] if a.ndim == 1 else a
+                setattr(corr, name, np.broadcast_to(a, (len(self), self.n_channels)).copy())
+        if not corr.tile_names:
+            corr.tile_names = tuple(t.name for t in self._tiles)
+        return Tileset(correct_tiles(self._tiles, corr), self.voxel_size)
+
+    def seam_metric(self, channel: int = 0, **options: Any) -> Any:
+        """How visible tile boundaries are (1 = seamless); see `tilefuse.equalise.seam_metric`."""
+        from tilefuse.equalise import seam_metric
+
+        return seam_metric(self._tiles, self.overlaps(), channel, **options)
 
     def preview(self, **options: Any) -> NDArray[Any]:
         """A 2D mosaic at a world z, or a max projection; see `tilefuse.intensity.preview`."""
@@ -623,8 +698,6 @@ class Tileset(Sequence[Tile]):
 
     def select_channels(self, channels: Sequence[int | str]) -> Tileset:
         """A tileset with only some channels (given by index or name), in that order."""
-        import dataclasses
-
         from tilefuse.source import ChannelSubset
 
         names = list(self._tiles[0].channels)
@@ -808,7 +881,7 @@ class Tileset(Sequence[Tile]):
         else:
             width = np.broadcast_to(np.asarray(blend_width, dtype=float), (3,))
         plan = FusionPlan(self._tiles, grid, blend=blend, blend_width=width, priority=priority)
-        return fuse_tiles(
+        out = fuse_tiles(
             plan,
             output,
             levels=levels,
@@ -822,6 +895,8 @@ class Tileset(Sequence[Tile]):
             progress=progress,
             overwrite=overwrite,
         )
+        _record_corrections(out, self._tiles)
+        return out
 
     # -- labels -------------------------------------------------------------------------
     def dedup_labels(self, **rules: Any) -> LabelMapping:
@@ -985,9 +1060,23 @@ class Tileset(Sequence[Tile]):
         }
 
 
-def _reindex(tile: Tile, i: int) -> Tile:
-    import dataclasses
+def _record_corrections(out: Any, tiles: Sequence[Tile]) -> None:
+    """Write the tiles' intensity corrections into a fused store's metadata; log clipping."""
+    from tilefuse.correction import METADATA_KEY, clipped_voxels
 
+    per_tile = {t.name: t.metadata[METADATA_KEY] for t in tiles if METADATA_KEY in t.metadata}
+    if not per_tile:
+        return
+    clipped = clipped_voxels(tiles)
+    if clipped:
+        logger.warning(
+            "intensity correction clipped %d voxel reads to the %s range", clipped, tiles[0].dtype
+        )
+    if not isinstance(out, np.ndarray):
+        out.set_attribute(METADATA_KEY, {"tiles": per_tile, "clipped_voxel_reads": clipped})
+
+
+def _reindex(tile: Tile, i: int) -> Tile:
     return dataclasses.replace(tile, index=i)
 
 

@@ -1,0 +1,329 @@
+"""Intensity corrections against synthetic ground truth (known vignetting, gains, offsets)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+from tilefuse import Tileset
+from tilefuse.correction import Corrections, clipped_voxels
+from tilefuse.errors import CorrectionError, IncompatibleTilesError
+from tilefuse.shading import estimate_shading
+from tilefuse.synthetic import make_volume, shaded_mosaic, vignetting
+
+
+def _volume(shape, density=1.0, seed=2):
+    n = max(1, int(np.prod(shape) / 4000 * density))
+    vol, _ = make_volume(shape, n_blobs=n, seed=seed, dtype=np.float32)
+    return vol.astype(np.float64) * 20000 + 500
+
+
+def _rms(a, b):
+    return float(np.sqrt(np.mean((np.asarray(a, float) - b) ** 2)))
+
+
+def _rel(fused, truth):
+    return _rms(fused, truth) / float(np.sqrt(np.mean(truth**2)))
+
+
+@pytest.fixture(scope="module")
+def mosaic2d():
+    sm = shaded_mosaic(_volume((1, 560, 560)), (4, 4), corner=0.45, reference=5, seed=3)
+    return sm, Tileset.from_arrays(sm.tiles, sm.offsets_px)
+
+
+@pytest.fixture(scope="module")
+def mosaic3d():
+    sm = shaded_mosaic(_volume((8, 480, 480)), (4, 4), corner=0.35, reference=5, seed=4)
+    return sm, Tileset.from_arrays(sm.tiles, sm.offsets_px)
+
+
+@pytest.mark.parametrize("density", [0.25, 4.0])
+def test_flatfield_recovered_2d_any_object_density(density):
+    sm = shaded_mosaic(_volume((1, 560, 560), density), (4, 4), corner=0.45, seed=5)
+    ts = Tileset.from_arrays(sm.tiles, sm.offsets_px)
+    corr = ts.estimate_corrections(offsets=True)
+    err = _rms(corr.flatfield[0] / sm.flatfield, 1.0)
+    assert err < 0.03, err
+    # the corners really were 45 % darker: the estimate is far from flat
+    assert corr.flatfield[0].min() < 0.75
+
+
+def test_flatfield_recovered_3d(mosaic3d):
+    sm, ts = mosaic3d
+    model = estimate_shading(ts.tiles, max_planes=100)
+    assert model.n_planes == 100  # a bounded sample, not every plane
+    assert _rms(model.flatfield / sm.flatfield, 1.0) < 0.03
+
+
+@pytest.mark.parametrize("fixture", ["mosaic2d", "mosaic3d"])
+def test_gains_offsets_and_fused_volume_with_known_flatfield(fixture, request):
+    sm, ts = request.getfixturevalue(fixture)
+    corr = ts.estimate_corrections(flatfield=sm.flatfield, offsets=True, reference=5)
+    # a tile's correction undoes its gain: a_k = 1 / g_k (the reference has g = 1)
+    np.testing.assert_allclose(corr.gains[:, 0] * sm.gains, 1.0, atol=0.02)
+    np.testing.assert_allclose(corr.offsets[:, 0], -sm.tile_offsets / sm.gains, atol=0.02 * 500)
+    fused = ts.correct(corr).fuse(blend="linear")
+    assert fused.dtype == np.uint16
+    assert _rel(fused, sm.volume[0] if ts.is_2d else sm.volume) < 0.02
+    raw = ts.fuse(blend="linear")
+    assert _rel(raw, sm.volume[0] if ts.is_2d else sm.volume) > 0.1
+
+
+@pytest.mark.parametrize("fixture", ["mosaic2d", "mosaic3d"])
+def test_blind_corrections_remove_most_of_the_error(fixture, request):
+    """Everything estimated from the tiles alone: fused error and seams drop several-fold."""
+    sm, ts = request.getfixturevalue(fixture)
+    truth = sm.volume[0] if ts.is_2d else sm.volume
+    corr = ts.estimate_corrections(offsets=True, reference=5)
+    assert _rms(corr.flatfield[0] / sm.flatfield, 1.0) < 0.03
+    assert np.abs(corr.gains[:, 0] * sm.gains - 1).max() < 0.15
+    cts = ts.correct(corr)
+    assert _rel(cts.fuse(blend="linear"), truth) < _rel(ts.fuse(blend="linear"), truth) / 4
+    before, after = ts.seam_metric().score, cts.seam_metric().score
+    assert before > 1.5
+    assert after < 1.1
+
+
+def test_blank_tiles_do_not_break_the_solve():
+    vol = _volume((1, 560, 560))
+    sm = shaded_mosaic(vol, (4, 4), corner=0.4, reference=5, seed=6)
+    tiles = list(sm.tiles)
+    rng = np.random.default_rng(0)
+    blank = [0, 15]
+    for k in blank:  # no tissue: camera offset + noise only
+        tiles[k] = rng.normal(300, 5, tiles[k].shape).round().astype(np.uint16)
+    ts = Tileset.from_arrays(tiles, sm.offsets_px)
+    corr = ts.estimate_corrections(flatfield=sm.flatfield, reference=5)
+    links = corr.info["links"]["0"]
+    assert set(links["unlinked_tiles"]) == set(blank)
+    assert links["unusable"] >= 6  # every overlap of a blank tile
+    np.testing.assert_allclose(corr.gains[blank, 0], 1.0, atol=1e-3)  # left alone
+    others = [k for k in range(16) if k not in blank]
+    # gain-only model of data with small offsets: within a few percent
+    np.testing.assert_allclose(corr.gains[others, 0] * sm.gains[others], 1.0, atol=0.05)
+    assert np.all(np.isfinite(ts.correct(corr).fuse(blend="linear")))
+
+
+def test_disagreeing_link_is_dropped():
+    sm = shaded_mosaic(_volume((1, 400, 400)), (3, 3), corner=0.0, reference=4, seed=7)
+    tiles = list(sm.tiles)
+    # tile 2's right half is 30 % brighter than the rest of it (a local artefact):
+    # its link to tile 5 (below) sees a different gain than its link to tile 1
+    t = tiles[2].astype(np.float64)
+    t[..., t.shape[-2] // 2 :, :] *= 1.3
+    tiles[2] = t.round().astype(np.uint16)
+    ts = Tileset.from_arrays(tiles, sm.offsets_px)
+    corr = ts.estimate_corrections(flatfield=False, offsets=True, reference=4, min_ncc=0.0)
+    dropped = [tuple(x) for x in corr.info["links"]["0"]["dropped"]]
+    assert dropped and all(2 in pair for pair in dropped)
+
+
+def test_darkfield_recovered_from_planes_of_varied_brightness():
+    """The identifiable case (e.g. a fluorescent slide at several intensities): F and D both."""
+    rng = np.random.default_rng(0)
+    ny, nx = 120, 150
+    flat = vignetting((ny, nx), 0.4)
+    yy, xx = np.mgrid[0:ny, 0:nx]
+    dark = 300 + 200 * (xx / nx) + 100 * np.sin(yy / ny * 3)
+    levels = np.geomspace(200, 5000, 30)
+    planes = [
+        np.rint(flat * b * (1 + 0.02 * rng.standard_normal((ny, nx))) + dark).astype(np.uint16)
+        for b in levels
+    ]
+    ts = Tileset.from_arrays(planes, np.zeros((30, 3)))
+    model = estimate_shading(ts.tiles, darkfield=True)
+    # the dark-field is known up to a multiple of the flat-field: zero mean by convention
+    truth = dark - flat * dark.mean()
+    assert abs(float(model.darkfield.mean())) < 1.0
+    assert _rms(model.darkfield, truth) < 0.1 * _rms(truth, 0)
+    assert _rms(model.flatfield / flat, 1) < 0.01
+    without = estimate_shading(ts.tiles, darkfield=False)
+    assert _rms(without.flatfield / flat, 1) > 0.02  # ignoring the dark-field biases F
+
+
+def test_save_load_and_correct_from_file(tmp_path, mosaic2d):
+    sm, ts = mosaic2d
+    corr = ts.estimate_corrections(flatfield=sm.flatfield, offsets=True, reference=5)
+    path = corr.save(tmp_path / "corr.npz")
+    back = Corrections.load(path)
+    np.testing.assert_array_equal(back.gains, corr.gains)
+    np.testing.assert_array_equal(back.flatfield, corr.flatfield)
+    assert back.tile_names == corr.tile_names and back.info == corr.info
+    assert back.digest() == corr.digest()
+    a = ts.correct(path).fuse(blend="overwrite")
+    b = ts.correct(corr).fuse(blend="overwrite")
+    np.testing.assert_array_equal(a, b)
+    png = corr.to_png(tmp_path / "qc.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_corrections_are_lazy_and_recorded_in_the_output(tmp_path, mosaic2d):
+    sm, ts = mosaic2d
+    flat_file = tmp_path / "flat.tif"
+    tifffile.imwrite(flat_file, (sm.flatfield * 1000).astype(np.float32))  # any scale: normalised
+    cts = ts.correct(flatfield=flat_file, gains=1 / sm.gains, offsets=-sm.tile_offsets / sm.gains)
+    # a region read gives the same pixels as the whole tile cut afterwards
+    whole = cts[3].read()
+    np.testing.assert_array_equal(
+        cts[3].read((slice(0, 1), slice(10, 50), slice(20, 90))), whole[:, 10:50, 20:90]
+    )
+    group = cts.fuse(tmp_path / "out.ome.zarr", blend="linear")
+    attrs = json.loads((tmp_path / "out.ome.zarr" / "zarr.json").read_text())
+    rec = attrs["attributes"]["tilefuse"]["intensity_correction"]
+    assert set(rec["tiles"]) == {t.name for t in ts}
+    np.testing.assert_allclose(rec["tiles"][ts[3].name]["gain"], [1 / sm.gains[3]])
+    assert _rel(group.read(), sm.volume[0]) < 0.02
+    # the uncorrected fusion has another fingerprint: it cannot resume the corrected store
+    from tilefuse.fuse import FusionPlan, OutputGrid
+
+    grid = OutputGrid.covering(ts.tiles, ts.voxel_size)
+    assert FusionPlan(ts.tiles, grid).fingerprint() != FusionPlan(cts.tiles, grid).fingerprint()
+
+
+def test_dtype_kept_and_clipping_counted():
+    tile = np.full((1, 20, 30), 40000, dtype=np.uint16)
+    ts = Tileset.from_arrays([tile, tile], [(0, 0, 0), (0, 0, 25)])
+    cts = ts.correct(gains=[1.0, 2.0])
+    out = cts[1].read()
+    assert out.dtype == np.uint16 and out.max() == 65535
+    assert clipped_voxels(cts.tiles) == 600
+    assert cts[0].read().max() == 40000
+
+
+def test_bad_flatfields_are_refused(tmp_path, mosaic2d):
+    sm, ts = mosaic2d
+    with pytest.raises(CorrectionError, match=r"shape \(10, 10\)"):
+        ts.correct(flatfield=np.ones((10, 10)))
+    bad = sm.flatfield.copy()
+    bad[5, 5] = 0
+    path = tmp_path / "zeros.npy"
+    np.save(path, bad)
+    with pytest.raises(CorrectionError, match=r"zeros\.npy has 1 voxel\(s\) <= 0"):
+        ts.correct(flatfield=path)
+    bad[5, 5] = np.nan
+    with pytest.raises(CorrectionError, match="non-finite"):
+        ts.correct(flatfield=bad)
+    wrong = tmp_path / "wrong.tif"
+    tifffile.imwrite(wrong, np.ones((7, 9), np.float32))
+    with pytest.raises(CorrectionError, match="wrong.tif has shape"):
+        ts.estimate_corrections(flatfield=wrong)
+    with pytest.raises(CorrectionError, match="not found"):
+        ts.correct(flatfield=tmp_path / "absent.npy")
+    with pytest.raises(CorrectionError, match="not a corrections"):
+        ts.correct(path)  # an .npy is not a corrections file
+    other = Corrections(gains=np.ones((16, 1)), tile_names=tuple(f"x{i}" for i in range(16)))
+    with pytest.raises(CorrectionError, match="other tiles"):
+        ts.correct(other)
+
+
+def test_shading_needs_one_field_of_view():
+    ts = Tileset.from_arrays([np.ones((1, 20, 20)), np.ones((1, 20, 24))], [(0, 0, 0), (0, 0, 18)])
+    with pytest.raises(IncompatibleTilesError, match="one \\(y, x\\) field of view"):
+        ts.estimate_corrections()
+
+
+def test_mist_seams_before_after(shared_data):
+    """The real NIST grid at MIST's positions: corrections make the seams less visible."""
+    import re
+
+    folder = shared_data / "mist-5x5"
+    pos = re.compile(r"file: (\S+); corr: \S+; position: \((-?\d+), (-?\d+)\);")
+    rows = [
+        pos.match(line)
+        for line in (folder / "reference" / "global-positions-1.txt").read_text().splitlines()
+    ]
+    rows = [m for m in rows if m]
+    ts = Tileset.from_tiff(
+        [folder / m.group(1) for m in rows],
+        [(0.0, float(m.group(3)), float(m.group(2))) for m in rows],
+    )
+    corr = ts.estimate_corrections(detrend=True)
+    # MIST's tiles have no real shading or gain steps (overlaps agree to a fraction of a count):
+    # the estimate stays within 1 % of flat and the seams stay as invisible as they were
+    assert np.abs(corr.flatfield - 1).max() < 0.01
+    assert np.abs(corr.gains - 1).max() < 0.01
+    before, after = ts.seam_metric().score, ts.correct(corr).seam_metric().score
+    assert before < 1.01
+    assert after < before + 0.005
+    links = corr.info["links"]["0"]
+    assert links["kept"] >= 30
+    assert set(links["unlinked_tiles"]) == {20, 21}  # two tiles whose overlaps are featureless
+
+
+def test_cli_correct_stitch_and_info(tmp_path, capsys):
+    from tilefuse.cli import main
+    from tilefuse.io.ome_zarr import MultiScaleGroup
+    from tilefuse.io.tiff import write_tiff
+    from tilefuse.io.tileconfig import write_tileconfig
+
+    sm = shaded_mosaic(_volume((1, 400, 400)), (3, 3), corner=0.4, reference=4, seed=8)
+    names = []
+    for k, t in enumerate(sm.tiles):
+        names.append(f"t{k}.tif")
+        write_tiff(tmp_path / names[-1], t)
+    write_tileconfig(tmp_path / "TileConfiguration.txt", names, sm.offsets_px)
+    flat = tmp_path / "flat.npy"
+    np.save(flat, sm.flatfield)
+    npz, png = tmp_path / "corr.npz", tmp_path / "qc.png"
+    args = [str(tmp_path), "-o", str(npz), "--flatfield", str(flat), "--reference", "4"]
+    assert main(["correct", *args, "--qc-png", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "seam metric channel 0:" in out and png.is_file()
+    corr = Corrections.load(npz)
+    np.testing.assert_allclose(corr.gains[:, 0] * sm.gains, 1.0, atol=0.06)  # gain-only model
+    assert main(["info", str(tmp_path), "--seams", "--correct", str(npz), "--json"]) == 0
+    seams = json.loads(capsys.readouterr().out)["seam_metric"]
+    assert seams["channel 0 corrected"] < seams["channel 0"]
+    out_zarr = tmp_path / "fused.ome.zarr"
+    assert (
+        main(
+            [
+                "stitch",
+                str(tmp_path),
+                "-o",
+                str(out_zarr),
+                "--correct",
+                str(npz),
+                "--no-progress",
+                "--levels",
+                "1",
+            ]
+        )
+        == 0
+    )
+    group = MultiScaleGroup.open(out_zarr)
+    rec = group.get_attribute("intensity_correction")
+    assert len(rec["tiles"]) == 9
+    corrected = group.read().astype(float)
+    raw = Tileset.open(tmp_path).fuse().astype(float)
+    assert _rel(corrected, sm.volume[0]) < _rel(raw, sm.volume[0]) / 2
+    auto = tmp_path / "auto.ome.zarr"
+    assert (
+        main(
+            [
+                "stitch",
+                str(tmp_path),
+                "-o",
+                str(auto),
+                "--correct",
+                "auto",
+                "--no-progress",
+                "--levels",
+                "1",
+            ]
+        )
+        == 0
+    )
+    assert _rel(MultiScaleGroup.open(auto).read(), sm.volume[0]) < _rel(raw, sm.volume[0]) / 2
+    # bad input: a clear error and exit status 2
+    bad = tmp_path / "bad.npy"
+    np.save(bad, np.zeros((5, 5)))
+    assert (
+        main(["correct", str(tmp_path), "-o", str(tmp_path / "x.npz"), "--flatfield", str(bad)])
+        == 2
+    )
+    assert not (tmp_path / "x.npz").exists()
