@@ -105,7 +105,6 @@ def cmd_correct(args: argparse.Namespace) -> int:
     """Estimate shading profiles and per-tile gains; save them (.npz) and a QC picture."""
     ts = _open(args)
     corr = ts.estimate_corrections(
-        channels=args.channels,
         flatfield=args.flatfield if args.flatfield else not args.no_flatfield,
         darkfield=args.darkfield_file if args.darkfield_file else args.darkfield,
         gains=not args.no_gains,
@@ -381,7 +380,6 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("correct", help="estimate flat-field and per-tile gains (.npz)")
     add_input(sp)
     sp.add_argument("-o", "--output", required=True, help="output corrections .npz")
-    sp.add_argument("--channels", type=int, nargs="+", help="channels to correct (default all)")
     sp.add_argument("--flatfield", help="use this flat-field (.npy/.tif) instead of estimating")
     sp.add_argument("--no-flatfield", action="store_true", help="no shading correction")
     sp.add_argument(
