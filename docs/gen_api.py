@@ -25,6 +25,7 @@ MODULES = [
     "tilefuse.io.spimdata_write",
     "tilefuse.io.bdv",
     "tilefuse.io.bdv_read",
+    "tilefuse.io.bdv_stores",
     "tilefuse.io.project",
     "tilefuse.fuse",
     "tilefuse.labels",

@@ -16,6 +16,7 @@ as they are, in both directions, with no half-voxel term.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,15 +40,25 @@ __all__ = [
 
 
 class UnreadableSource:
-    """Shape and dtype of a view whose pixels tilefuse cannot reach; reading raises."""
+    """Shape and dtype of a view whose pixels tilefuse cannot reach; reading raises.
 
-    def __init__(self, shape: tuple[int, int, int, int], dtype: Any, reason: str) -> None:
-        self._shape, self._dtype, self.reason = shape, np.dtype(dtype), reason
+    ``error`` is the exception class raised on read (`MissingTileError` by
+    default; ImportError when an optional dependency is missing).
+    """
+
+    def __init__(
+        self,
+        shape: tuple[int, ...],
+        dtype: Any,
+        reason: str,
+        error: type[Exception] = MissingTileError,
+    ) -> None:
+        self._shape, self._dtype, self.reason, self.error = shape, np.dtype(dtype), reason, error
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
         """Shape ``(c, z, y, x)``."""
-        return self._shape
+        return self._shape  # type: ignore[return-value]
 
     @property
     def dtype(self) -> np.dtype[Any]:
@@ -56,7 +67,7 @@ class UnreadableSource:
 
     def read(self, region: Region) -> NDArray[Any]:
         """Raise: the pixels are not available."""
-        raise MissingTileError(self.reason)
+        raise self.error(self.reason)
 
 
 def tileset_from_spimdata(
@@ -143,12 +154,67 @@ def _source(
         return UnreadableSource(
             shape, np.uint16, f"{sd.path}: image file {loader.path} (bdv.hdf5) not found"
         )
+    if loader.format in ("bdv.n5", "bdv.n5.cloud") and loader.path is not None:
+        return _store_source(sd, loader, setups, tp, shape, files)
+    if loader.format == "bdv.multimg.zarr" and all((tp, s) in loader.views for s in setups):
+        return _store_source(sd, loader, setups, tp, shape, files)
     where = loader.path if loader.path is not None else "(per-view files)"
     return UnreadableSource(
         shape,
         np.uint16,
         f"{sd.path}: tilefuse cannot read image loader {loader.format!r} yet ({where})",
     )
+
+
+def _store_source(
+    sd: Any,
+    loader: Any,
+    setups: list[int],
+    tp: int,
+    shape: tuple[int, ...],
+    files: dict[Any, Any],
+) -> Any:
+    """An N5 or multi-image zarr source; an UnreadableSource naming why when it cannot open."""
+    from tilefuse.io import bdv_stores
+
+    what = f"{sd.path}: image loader {loader.format!r}"
+    key = (loader.format, str(loader.path))
+    failed = files.get(("failed", key))
+    if failed is not None:  # one attempt per container, not one per tile
+        return UnreadableSource(shape, np.uint16, failed[0], failed[1])
+    try:
+        if loader.format == "bdv.multimg.zarr":
+            groups = [loader.views[(tp, s)] for s in setups]
+            indices = [_zgroup_indices(loader.element, tp, s) for s in setups]
+            if any(isinstance(g, Path) and not g.is_dir() for g in groups):
+                missing = next(g for g in groups if isinstance(g, Path) and not g.is_dir())
+                reason = f"{what}: OME-Zarr image {missing} not found"
+                return UnreadableSource(shape, np.uint16, reason)
+            return bdv_stores.ZarrViewSource(groups, indices)
+        if isinstance(loader.path, Path) and not loader.path.is_dir():
+            reason = f"{what}: N5 container {loader.path} not found"
+            return UnreadableSource(shape, np.uint16, reason)
+        if key not in files:
+            files[key] = bdv_stores.BdvN5(loader.path)
+        return bdv_stores.BdvN5Source(files[key], setups, timepoint=tp)
+    except ImportError as e:
+        files[("failed", key)] = (f"{what}: {e}", ImportError)
+        return UnreadableSource(shape, np.uint16, f"{what}: {e}", ImportError)
+    except (OSError, ValueError, RuntimeError, TimeoutError) as e:
+        if not bdv_stores.is_remote(str(loader.path or "")):
+            raise
+        reason = f"{what}: cannot read {loader.path}: {e}"
+        files[("failed", key)] = (reason, MissingTileError)
+        return UnreadableSource(shape, np.uint16, reason)
+
+
+def _zgroup_indices(element: Any, tp: int, setup: int) -> tuple[int, ...] | None:
+    """The ``indicies`` (c, t) of a view's ``<zgroup>``; None when absent or empty."""
+    for z in element.iterfind("zgroups/zgroup"):
+        if int(z.get("setup")) == setup and int(z.get("tp", z.get("timepoint", -1))) == tp:
+            values = re.findall(r"-?\d+", z.get("indicies") or "")
+            return tuple(int(v) for v in values) or None
+    return None
 
 
 def tileset_to_bdv(
