@@ -17,6 +17,7 @@ from tilefuse import Tileset
 from tilefuse.errors import SelectionError
 from tilefuse.io.bdv_stores import BdvN5, BdvN5Source, ZarrViewSource
 from tilefuse.synthetic import cut_tiles, make_volume
+from tilefuse.testing import SourceTests
 
 ts = pytest.importorskip("tensorstore")
 zarr = pytest.importorskip("zarr")
@@ -339,3 +340,30 @@ def test_multimg_zarr_with_s3bucket_from_local_s3(tmp_path, s3_server, monkeypat
         want = np.stack([_levels(mosaic.tiles[1][c])[lvl] for c in range(2)])
         np.testing.assert_array_equal(src.read((slice(None),) * 3), want)
     np.testing.assert_array_equal(tiles.fuse(blend="overwrite"), vol)
+
+
+# -- the shared source contract ------------------------------------------------------------------
+class TestBdvN5SourceContract(SourceTests):
+    @pytest.fixture
+    def expected(self):
+        return _truth()[1].tiles[1]
+
+    @pytest.fixture
+    def source(self, expected, tmp_path):
+        mosaic = cut_tiles(expected, (1, 1), tile_shape=expected.shape[-2:])
+        _write_bdv_n5(tmp_path / "c.n5", mosaic, 2)
+        return BdvN5Source(tmp_path / "c.n5", [0, 1])
+
+
+@pytest.mark.parametrize("version", ["3.0", "1.0"])
+class TestZarrViewSourceContract(SourceTests):
+    @pytest.fixture
+    def expected(self):
+        return _truth()[1].tiles[0]
+
+    @pytest.fixture
+    def source(self, expected, tmp_path, version):
+        mosaic = cut_tiles(expected, (1, 1), tile_shape=expected.shape[-2:])
+        loader = _write_multimg_zarr(tmp_path / "c.ome.zarr", mosaic, 2, version)
+        xml = _xml(tmp_path / "c.xml", loader, mosaic, 2)
+        return Tileset.open(xml)[0].source

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tilefuse._version import __version__
-from tilefuse.errors import TilefuseError, UnsupportedFormatError
+from tilefuse.errors import TilefuseError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -41,19 +41,11 @@ def _open(args: argparse.Namespace) -> Tileset:
         opts["voxel_size"] = tuple(args.voxel_size)
     if getattr(args, "skip_missing", False):
         opts["skip_missing"] = True
-    flags = {"timepoint": "--timepoint", "angle": "--angle", "world_unit_um": "--world-unit"}
     attrs = {"timepoint": "timepoint", "angle": "angle", "world_unit_um": "world_unit"}
-    for key, attr in attrs.items():
+    for key, attr in attrs.items():  # a reader that takes no such option refuses it by name
         if getattr(args, attr, None) is not None:
             opts[key] = tuple(v) if isinstance(v := getattr(args, attr), list) else v
-    try:
-        ts = Tileset.open(args.input, **opts)
-    except TypeError as e:  # an option the input's reader does not take
-        used = [flag for key, flag in flags.items() if key in opts and key in str(e)]
-        if not used:
-            raise
-        msg = f"{args.input}: {used[0]} does not apply to this kind of input"
-        raise UnsupportedFormatError(msg) from e
+    ts = Tileset.open(args.input, **opts)
     if getattr(args, "channels", None):
         ts = ts.select_channels([int(c) if c.isdigit() else c for c in args.channels])
     return ts

@@ -43,7 +43,7 @@ from tilefuse.errors import (
     UnsupportedFormatError,
 )
 from tilefuse.io.bdv_read import BdvLevel
-from tilefuse.source import normalize_region
+from tilefuse.source import Source, normalize_region
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -368,7 +368,7 @@ def _read_region(arr: Any, region: Region) -> NDArray[Any]:
     return np.ascontiguousarray(np.asarray(data).transpose(2, 1, 0))
 
 
-class BdvN5Source:
+class BdvN5Source(Source):
     """Lazy pixel source over setups of a BDV N5 container: shape ``(c, z, y, x)``.
 
     The given setups become the channels, at one timepoint and level. Reads
@@ -415,7 +415,7 @@ class BdvN5Source:
                 raise SelectionError(msg)
             shapes[s], dtypes[s] = levels[self.level].shape, self.n5.dtype(s)
         _check_same(self.n5.location, self.setups, shapes, dtypes, self.timepoint, self.level)
-        self._shape = (len(self.setups), *shapes[self.setups[0]])
+        self._shape = (len(self.setups), *shapes[self.setups[0]])  # type: ignore[assignment]
         self._dtype = dtypes[self.setups[0]]
 
     @property
@@ -424,23 +424,9 @@ class BdvN5Source:
         return self.n5.location
 
     @property
-    def shape(self) -> tuple[int, int, int, int]:
-        """Shape ``(c, z, y, x)``."""
-        return self._shape  # type: ignore[return-value]
-
-    @property
-    def dtype(self) -> np.dtype[Any]:
-        """Pixel dtype."""
-        return self._dtype
-
-    @property
     def factors(self) -> tuple[float, float, float]:
         """Subsampling factors (z, y, x) of this level relative to level 0."""
         return self.n5.levels(self.setups[0], self.timepoint)[self.level].factors
-
-    def read(self, region: Region) -> NDArray[Any]:
-        """Read ``(c, z, y, x)`` pixels of a ``(z, y, x)`` region."""
-        return self._read(normalize_region(region, self._shape[1:]))  # type: ignore[arg-type]
 
     def _read(self, region: Region) -> NDArray[Any]:
         out = np.empty((len(self.setups), *[s.stop - s.start for s in region]), self._dtype)
@@ -588,7 +574,7 @@ class _ZarrView:
         self._lock = threading.Lock()
 
 
-class ZarrViewSource:
+class ZarrViewSource(Source):
     """Lazy pixel source over views of a ``bdv.multimg.zarr`` project: ``(c, z, y, x)``.
 
     Each channel is one view's OME-Zarr image (local with zarr-python, remote
@@ -634,7 +620,7 @@ class ZarrViewSource:
         _check_same(
             self.views[0].location, list(range(len(self.views))), shapes, dtypes, 0, self.level
         )
-        self._shape = (len(self.views), *shapes[0])
+        self._shape = (len(self.views), *shapes[0])  # type: ignore[assignment]
         self._dtype = dtypes[0]
 
     @property
@@ -643,23 +629,9 @@ class ZarrViewSource:
         return self.views[0].location
 
     @property
-    def shape(self) -> tuple[int, int, int, int]:
-        """Shape ``(c, z, y, x)``."""
-        return self._shape  # type: ignore[return-value]
-
-    @property
-    def dtype(self) -> np.dtype[Any]:
-        """Pixel dtype."""
-        return self._dtype
-
-    @property
     def factors(self) -> tuple[float, float, float]:
         """Subsampling factors (z, y, x) of this level relative to level 0."""
         return self.views[0].factors[self.level]  # type: ignore[return-value]
-
-    def read(self, region: Region) -> NDArray[Any]:
-        """Read ``(c, z, y, x)`` pixels of a ``(z, y, x)`` region."""
-        return self._read(normalize_region(region, self._shape[1:]))  # type: ignore[arg-type]
 
     def _read(self, region: Region) -> NDArray[Any]:
         out = np.empty((len(self.views), *[s.stop - s.start for s in region]), self._dtype)
