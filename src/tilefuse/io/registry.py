@@ -409,6 +409,14 @@ for _reader in (
         sniff=_sniff_tileconfig,
     ),
     Reader(
+        "mist",
+        "a NIST MIST global-positions-*.txt (pixels; --voxel-size), or a folder holding one "
+        "(or one level down); images beside it or in its parent folder",
+        "tilefuse.io.mist:open_mist",
+        suffixes=(".txt",),
+        sniff=lambda p: _import("tilefuse.io.mist:sniff_mist")(p),
+    ),
+    Reader(
         "bigstitcher",
         "a BigStitcher/BigDataViewer project .xml (or the .h5 beside it)",
         _open_bigstitcher,
