@@ -249,6 +249,7 @@ def test_interrupted_fusion_resumes(tmp_path):
 
 
 def test_centre_rule_is_a_voronoi_cut_and_both_paths_agree():
+    from tilefuse.blend import Part, get_blend
     from tilefuse.fuse import FusionPlan, OutputGrid
 
     rng = np.random.default_rng(13)
@@ -257,12 +258,13 @@ def test_centre_rule_is_a_voronoi_cut_and_both_paths_agree():
     fused = ts.fuse(blend="centre", chunks=(3, 16, 16))
     plan = FusionPlan(ts.tiles, OutputGrid.covering(ts.tiles, ts.voxel_size), blend="centre")
     region = (slice(0, 3), slice(0, fused.shape[1]), slice(0, fused.shape[2]))
+    # all-True masks force the general (masked) path of the centre mode
     parts = [
-        (sub, data, mask, (plan._lo[i] + plan._hi[i]) / 2)
+        Part(sub, data, np.ones(data.shape[1:], dtype=bool), None, int(i))
         for i in plan.tiles_in(region)
-        for sub, data, mask, _ in plan._samples(plan.tiles[i], region)
+        for sub, data, _, _ in plan._samples(plan.tiles[i], region)
     ]
-    general = plan._nearest_centre(parts, region)[0]
+    general = get_blend("centre").combine(parts, plan.context(region))[0]
     np.testing.assert_array_equal(fused, general)
     # every voxel comes from the covering tile with the nearest centre
     centres = [t.box[0] + (t.box[1] - t.box[0]) / 2 for t in ts]

@@ -17,6 +17,7 @@ from tilefuse.errors import (
 from tilefuse.io.ome_zarr import MultiScaleGroup
 from tilefuse.labels import LabelMapping, dedup_labels
 from tilefuse.merge import merge_tile_labels
+from tilefuse.options import ExecOptions, FusionOptions, OutputOptions
 from tilefuse.pyramid import downsample
 from tilefuse.source import ArraySource, PixelSource
 from tilefuse.tile import Tile
@@ -25,12 +26,15 @@ from tilefuse.tileset import Overlap, Tileset
 __all__ = [
     "ArraySource",
     "EmptyTilesetError",
+    "ExecOptions",
+    "FusionOptions",
     "IncompatibleTilesError",
     "LabelError",
     "LabelMapping",
     "MissingTileError",
     "MultiScaleGroup",
     "OutputExistsError",
+    "OutputOptions",
     "Overlap",
     "PixelSource",
     "StoreError",

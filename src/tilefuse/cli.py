@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tilefuse._version import __version__
+from tilefuse.blend import blend_names, label_safe_names
 from tilefuse.errors import TilefuseError
+from tilefuse.options import ExecOptions, FusionOptions, OutputOptions
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -120,6 +122,34 @@ def cmd_correct(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fusion_options(args: argparse.Namespace, **defaults: Any) -> FusionOptions:
+    """`FusionOptions` from the command's arguments (those it has)."""
+    keys = ("blend", "blend_width")
+    given = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+    return FusionOptions(**{**defaults, **given})
+
+
+def _output_options(args: argparse.Namespace, **defaults: Any) -> OutputOptions:
+    """`OutputOptions` from the command's arguments (those it has)."""
+    given: dict[str, Any] = {}
+    for key in ("levels", "version", "compression", "name", "overwrite"):
+        if getattr(args, key, None) is not None:
+            given[key] = getattr(args, key)
+    for key in ("chunks", "shards"):
+        if getattr(args, key, None):
+            given[key] = tuple(getattr(args, key))
+    if "shards" not in given and given.get("version", "0.5") == "0.4":
+        given["shards"] = False
+    return OutputOptions(**{**defaults, **given})
+
+
+def _exec_options(args: argparse.Namespace) -> ExecOptions:
+    """`ExecOptions` from the command's arguments."""
+    return ExecOptions(
+        workers=getattr(args, "workers", None), progress=not getattr(args, "no_progress", False)
+    )
+
+
 def _fmt(v: Sequence[float]) -> str:
     return "(" + ", ".join(f"{x:.6g}" for x in v) + ")"
 
@@ -168,16 +198,9 @@ def cmd_stitch(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     group = ts.fuse(
         args.output,
-        blend=args.blend,
-        blend_width=args.blend_width,
-        levels=args.levels,
-        chunks=tuple(args.chunks) if args.chunks else None,
-        shards=tuple(args.shards) if args.shards else (args.version == "0.5"),
-        version=args.version,
-        compression=args.compression,
-        workers=args.workers,
-        progress=not args.no_progress,
-        overwrite=args.overwrite,
+        options=_fusion_options(args),
+        output_options=_output_options(args),
+        exec_options=_exec_options(args),
     )
     shape = group[0].shape
     dt = time.perf_counter() - t0
@@ -213,12 +236,9 @@ def cmd_dedup(args: argparse.Namespace) -> int:
     group = ts.fuse_labels(
         args.output,
         mapping=mapping,
-        name=args.name,
-        rule=args.rule,
-        levels=args.levels,
-        workers=args.workers,
-        progress=not args.no_progress,
-        overwrite=args.overwrite,
+        options=FusionOptions(blend=args.rule),
+        output_options=_output_options(args),
+        exec_options=_exec_options(args),
     )
     _out(f"objects:       {mapping.n_objects} (from {n_local} per-tile labels in {len(ts)} tiles)")
     _out(f"fused labels:  {group.path} (levels {[tuple(a.shape) for a in group.levels]})")
@@ -236,9 +256,8 @@ def cmd_export_bdv(args: argparse.Namespace) -> int:
 
     ts = _open(args)
     out = Path(args.output)
-    opts = {"levels": args.levels, "overwrite": args.overwrite}
     if not args.fused:
-        h5, xml = ts.to_bdv(out, **opts)
+        h5, xml = ts.to_bdv(out, output_options=_output_options(args))
         _out(f"{len(ts)} tiles -> {h5} + {xml} (open the XML in BigStitcher)")
         return 0
     scratch = Path(
@@ -247,11 +266,10 @@ def cmd_export_bdv(args: argparse.Namespace) -> int:
     try:
         group = ts.fuse(
             scratch / "fused.ome.zarr",
-            blend=args.blend,
-            workers=args.workers,
-            progress=not args.no_progress,
+            options=_fusion_options(args),
+            exec_options=_exec_options(args),
         )
-        h5, xml = group.to_bdv(out, **opts)
+        h5, xml = group.to_bdv(out, levels=args.levels, overwrite=args.overwrite)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     _out(f"fused {tuple(group[0].shape)} -> {h5} + {xml} (open the XML in BigDataViewer)")
@@ -391,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("stitch", help="fuse a tileset into OME-Zarr")
     add_input(sp)
     sp.add_argument("-o", "--output", required=True, help="output .ome.zarr folder")
-    sp.add_argument("--blend", default="linear", choices=["linear", "overwrite", "max", "mean"])
+    sp.add_argument("--blend", default=FusionOptions.blend, choices=blend_names())
     sp.add_argument("--blend-width", type=float, default=None, help="ramp width in micrometres")
     sp.add_argument("--levels", type=int, default=3, help="pyramid levels (default 3)")
     sp.add_argument("--chunks", type=int, nargs=3, metavar=("Z", "Y", "X"))
@@ -399,13 +417,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--version",
         dest="version",
-        default="0.5",
+        default=OutputOptions.version,
         choices=["0.5", "0.4"],
         help="OME-NGFF version (0.5: zarr v3 sharded; 0.4: zarr v2)",
     )
     sp.add_argument(
         "--compression",
-        default="default",
+        default=OutputOptions.compression,
         choices=["default", "fast", "archive", "none"],
         help="output codec: blosc-zstd1 (default), blosc-lz4 (fast), blosc-zstd5 (archive)",
     )
@@ -453,7 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="min shared fraction of the smaller object within the overlap (default 0.5)",
     )
     sp.add_argument("--mutual-best", action="store_true", help="link only mutual best partners")
-    sp.add_argument("--rule", default="centre", choices=["centre", "overwrite"])
+    sp.add_argument("--rule", default="centre", choices=label_safe_names())
     sp.add_argument("--levels", type=int, default=None, help="pyramid levels (default: image's)")
     sp.add_argument("--table", help="write an objects table (CSV) here")
     sp.add_argument("--mapping", help="save the per-tile ID mapping (.npz) here")
@@ -466,7 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_input(sp)
     sp.add_argument("-o", "--output", required=True, help="output .h5 (the .xml goes beside it)")
     sp.add_argument("--fused", action="store_true", help="export the fused volume, not the tiles")
-    sp.add_argument("--blend", default="linear", choices=["linear", "overwrite", "max", "mean"])
+    sp.add_argument("--blend", default=FusionOptions.blend, choices=blend_names())
     sp.add_argument("--levels", type=int, default=None, help="max pyramid levels (default: BDV's)")
     sp.add_argument("--workers", type=int, default=None)
     sp.add_argument("--overwrite", action="store_true")

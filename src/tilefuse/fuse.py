@@ -16,26 +16,25 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from tilefuse.blend import BLEND_MODES, ramp
-from tilefuse.errors import EmptyTilesetError, IncompatibleTilesError, OutputExistsError, StoreError
+from tilefuse.blend import Blend, BlockContext, Part, get_blend, ramp
+from tilefuse.errors import EmptyTilesetError, IncompatibleTilesError
 from tilefuse.geometry import INTEGER_TOL, is_translation
-from tilefuse.io.ome_zarr import MultiScaleGroup, _StoreTask, default_chunks
+from tilefuse.options import ExecOptions, FusionOptions
 from tilefuse.parallel import imap_unordered
+from tilefuse.writers import BlockGrid, BlockWriter, VolumeSpec
 
 if TYPE_CHECKING:
-    import os
     from collections.abc import Sequence
 
     from numpy.typing import ArrayLike, NDArray
 
     from tilefuse.tile import Tile
 
-__all__ = ["FusionPlan", "OutputGrid", "fuse_tiles"]
+__all__ = ["FusionPlan", "OutputGrid", "default_blend_width", "fuse_tiles"]
 
 logger = logging.getLogger(__name__)
 
@@ -88,8 +87,9 @@ class FusionPlan:
         Tiles in priority order (for ``overwrite`` the last wins by default).
     grid : OutputGrid
         Output voxel grid.
-    blend : {"overwrite", "max", "mean", "linear"}
-        How overlapping tiles combine.
+    blend : str or Blend
+        How overlapping tiles combine: a registered mode name (see
+        `tilefuse.blend.blend_names`) or a `tilefuse.blend.Blend` object.
     blend_width : array_like of 3 floats
         Ramp width (z, y, x) in micrometres for ``linear``.
     priority : {"last", "first"}
@@ -101,22 +101,20 @@ class FusionPlan:
         tiles: Sequence[Tile],
         grid: OutputGrid,
         *,
-        blend: str = "linear",
+        blend: str | Blend = "linear",
         blend_width: ArrayLike = (0.0, 0.0, 0.0),
         priority: Literal["last", "first"] = "last",
     ) -> None:
         if not tiles:
             msg = "cannot fuse an empty tileset"
             raise EmptyTilesetError(msg)
-        if blend not in BLEND_MODES:
-            msg = f"blend must be one of {BLEND_MODES}, got {blend!r}"
-            raise ValueError(msg)
         if priority not in ("last", "first"):
             msg = f"priority must be 'last' or 'first', got {priority!r}"
             raise ValueError(msg)
         self.tiles = tuple(tiles)
         self.grid = grid
-        self.blend = blend
+        self.blend_mode = get_blend(blend)
+        self.blend = self.blend_mode.name
         self.blend_width = np.asarray(blend_width, dtype=float)
         self.priority = priority
         self.dtype = np.dtype(self.tiles[0].dtype)
@@ -133,6 +131,45 @@ class FusionPlan:
         self._hi = np.array([b[1] for b in boxes])
         wide = self.dtype.itemsize >= 4 or not np.issubdtype(self.dtype, np.number)
         self._acc = np.float64 if wide else np.float32
+
+    @classmethod
+    def from_options(
+        cls,
+        tiles: Sequence[Tile],
+        options: FusionOptions,
+        *,
+        voxel_size: ArrayLike | None = None,
+        grid: OutputGrid | None = None,
+    ) -> FusionPlan:
+        """The plan for `FusionOptions`.
+
+        Parameters
+        ----------
+        tiles : sequence of Tile
+            Tiles in priority order.
+        options : FusionOptions
+            Blend mode, ramp width (default 10 % of the median tile extent),
+            priority, output voxel size.
+        voxel_size : array_like of 3 floats, optional
+            Output voxel size when ``options.voxel_size`` is None (default: the
+            first tile's).
+        grid : OutputGrid, optional
+            A given output grid (e.g. an existing image's); otherwise the grid
+            covering every tile at the voxel size.
+        """
+        if not tiles:
+            msg = "cannot fuse an empty tileset"
+            raise EmptyTilesetError(msg)
+        if grid is None:
+            vs = options.voxel_size if options.voxel_size is not None else voxel_size
+            if vs is None:
+                vs = tiles[0].voxel_size
+            grid = OutputGrid.covering(tiles, np.asarray(vs, dtype=float))
+        if options.blend_width is None:
+            width = default_blend_width(tiles)
+        else:
+            width = np.broadcast_to(np.asarray(options.blend_width, dtype=float), (3,))
+        return cls(tiles, grid, blend=options.blend, blend_width=width, priority=options.priority)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -161,167 +198,41 @@ class FusionPlan:
         hit = np.all((self._lo < hi) & (lo < self._hi), axis=1)
         return np.flatnonzero(hit)
 
+    def spec(self) -> VolumeSpec:
+        """What a `tilefuse.writers.BlockWriter` needs to know about the output."""
+        names = tuple(self.tiles[0].channels) if self.n_channels > 1 else None
+        return VolumeSpec(
+            shape=self.shape,  # type: ignore[arg-type]
+            dtype=self.dtype,
+            origin=self.grid.origin,
+            voxel_size=self.grid.voxel_size,
+            channel_names=names,
+            fingerprint=self.fingerprint(),
+        )
+
     # -- rendering ------------------------------------------------------------------
     def render(self, region: Region) -> NDArray[Any]:
         """Fuse one output region; returns ``(c, z, y, x)`` in the tiles' dtype."""
-        shape = tuple(r.stop - r.start for r in region)
-        idx = self.tiles_in(region)
-        if self.priority == "first" and self.blend == "overwrite":
-            idx = idx[::-1]
-        c = self.n_channels
-        if self.blend == "overwrite":
-            out = np.zeros((c, *shape), dtype=self.dtype)
-            for i in idx:
-                for sub, data, mask, _ in self._samples(self.tiles[i], region):
-                    _put(out, sub, self._cast(data), mask)
-            return out
-        if self.blend == "centre":
-            # carry each tile's centre in the weight slot of its contribution
-            parts = [
-                (sub, data, mask, (self._lo[i] + self._hi[i]) / 2)
-                for i in idx
-                for sub, data, mask, _ in self._samples(self.tiles[i], region)
-            ]
-            if all(mask is None for _, _, mask, _ in parts):
-                return self._blend_cells(parts, shape, region)
-            return self._nearest_centre(parts, region)
-        if self.blend == "max":
-            out = np.zeros((c, *shape), dtype=self._acc)
-            covered = np.zeros(shape, dtype=bool)
-            out[...] = -np.inf
-            for i in idx:
-                for sub, data, mask, _ in self._samples(self.tiles[i], region):
-                    view = out[(slice(None), *sub)]
-                    cur = np.maximum(view, data)
-                    view[...] = cur if mask is None else np.where(mask, cur, view)
-                    covered[sub] |= True if mask is None else mask
-            out[:, ~covered] = 0
-            return self._cast(out)
-        parts = [p for i in idx for p in self._samples(self.tiles[i], region)]
-        if all(mask is None for _, _, mask, _ in parts):
-            return self._blend_cells(parts, shape, region)
-        acc = np.zeros((c, *shape), dtype=self._acc)
-        wsum = np.zeros(shape, dtype=self._acc)
-        for sub, data, mask, w in parts:
-            w = self._weight(w)
-            if mask is not None:
-                w = w * mask
-            acc[(slice(None), *sub)] += data * w
-            wsum[sub] += w
-        np.divide(acc, wsum, out=acc, where=wsum > 0)
-        return self._cast(acc)
-
-    def _closest(
-        self, cover: list[Any], rel: list[Region], cell: Region, region: Region
-    ) -> NDArray[Any]:
-        """For one cell: each voxel from the contribution whose tile centre is nearest."""
-        origin, vs = np.asarray(self.grid.origin), np.asarray(self.grid.voxel_size)
-        pos = [
-            origin[ax] + (np.arange(cell[ax].start, cell[ax].stop) + region[ax].start) * vs[ax]
-            for ax in range(3)
+        idx = self.blend_mode.order(self.tiles_in(region), self.priority)
+        parts = [
+            Part(sub, data, mask, w, int(i))
+            for i in idx
+            for sub, data, mask, w in self._samples(self.tiles[i], region)
         ]
-        dist = np.stack(
-            [
-                (pos[0] - c[0])[:, None, None] ** 2
-                + (pos[1] - c[1])[None, :, None] ** 2
-                + (pos[2] - c[2])[None, None, :] ** 2
-                for *_, c in cover
-            ]
+        return self.blend_mode.combine(parts, self.context(region))
+
+    def context(self, region: Region) -> BlockContext:
+        """What the blend mode may know about an output region."""
+        return BlockContext(
+            region=region,
+            n_channels=self.n_channels,
+            dtype=self.dtype,
+            acc=self._acc,
+            origin=np.asarray(self.grid.origin),
+            voxel_size=np.asarray(self.grid.voxel_size),
+            tile_lo=self._lo,
+            tile_hi=self._hi,
         )
-        pick = np.argmin(dist, axis=0)  # ties: the first tile
-        stack = np.stack([p[1][(slice(None), *r)] for p, r in zip(cover, rel, strict=True)])
-        return self._cast(np.take_along_axis(stack, pick[None, None], axis=0)[0])
-
-    def _nearest_centre(self, parts: list[Any], region: Region) -> NDArray[Any]:
-        """Each voxel from the covering contribution whose tile centre is nearest (ties: first).
-
-        ``parts`` are ``(sub, data, mask, centre)`` (the general path, where some
-        contributions carry masks).
-        """
-        shape = tuple(r.stop - r.start for r in region)
-        out = np.zeros((self.n_channels, *shape), dtype=self.dtype)
-        best = np.full(shape, np.inf)
-        origin, vs = np.asarray(self.grid.origin), np.asarray(self.grid.voxel_size)
-        for sub, data, mask, centre in parts:
-            d = np.zeros((1, 1, 1))
-            for ax in range(3):
-                j = np.arange(sub[ax].start, sub[ax].stop) + region[ax].start
-                sh = [1, 1, 1]
-                sh[ax] = j.size
-                d = d + ((origin[ax] + j * vs[ax] - centre[ax]) ** 2).reshape(sh)
-            closer = d < best[sub]
-            if mask is not None:
-                closer &= mask
-            best[sub] = np.where(closer, d, best[sub])
-            view = out[(slice(None), *sub)]
-            view[...] = np.where(closer, self._cast(data), view)
-        return out
-
-    def _weight(self, w: Any, cell: Region | None = None) -> NDArray[Any]:
-        """A contribution's weight (on ``cell``, relative to its sub-region), broadcastable."""
-        if self.blend == "mean" or w is None:
-            return np.ones((1, 1, 1), dtype=self._acc)
-        if isinstance(w, tuple):  # separable ramps: outer product over the cell only
-            out = np.ones((1, 1, 1), dtype=self._acc)
-            for ax, r in enumerate(w):
-                seg = r if cell is None else r[cell[ax]]
-                sh = [1, 1, 1]
-                sh[ax] = seg.size
-                out = out * seg.reshape(sh)
-            return out
-        return w if cell is None else w[cell]
-
-    def _blend_cells(
-        self, parts: list[Any], shape: tuple[int, ...], region: Region
-    ) -> NDArray[Any]:
-        """Blend axis-aligned contributions cell by cell.
-
-        The block is cut at every contribution's border into cells covered by
-        a fixed set of tiles: cells covered once are copied as they are (no
-        float work), only cells covered several times are blended.
-        """
-        out = np.zeros((self.n_channels, *shape), dtype=self.dtype)
-        cuts = [
-            sorted({0, shape[ax]} | {b for sub, *_ in parts for b in (sub[ax].start, sub[ax].stop)})
-            for ax in range(3)
-        ]
-        for cz in zip(cuts[0][:-1], cuts[0][1:], strict=True):
-            for cy in zip(cuts[1][:-1], cuts[1][1:], strict=True):
-                for cx in zip(cuts[2][:-1], cuts[2][1:], strict=True):
-                    cell = (slice(*cz), slice(*cy), slice(*cx))
-                    cover = [p for p in parts if _contains(p[0], cell)]
-                    if not cover:
-                        continue
-                    rel = [
-                        tuple(
-                            slice(c.start - s.start, c.stop - s.start)
-                            for c, s in zip(cell, p[0], strict=True)
-                        )
-                        for p in cover
-                    ]
-                    target = out[(slice(None), *cell)]
-                    if len(cover) == 1:
-                        target[...] = self._cast(cover[0][1][(slice(None), *rel[0])])
-                        continue
-                    if self.blend == "centre":
-                        target[...] = self._closest(cover, rel, cell, region)
-                        continue
-                    acc = np.zeros(target.shape, dtype=self._acc)
-                    wsum = np.zeros((1, 1, 1), dtype=self._acc)
-                    for (_, data, _, w), r in zip(cover, rel, strict=True):
-                        wr = self._weight(w, r)
-                        acc += data[(slice(None), *r)] * wr
-                        wsum = wsum + wr
-                    target[...] = self._cast(acc / wsum)
-        return out
-
-    def _cast(self, data: NDArray[Any]) -> NDArray[Any]:
-        if data.dtype == self.dtype:
-            return data
-        if np.issubdtype(self.dtype, np.integer):
-            info = np.iinfo(self.dtype)
-            data = np.clip(np.rint(data), info.min, info.max)
-        return data.astype(self.dtype)
 
     def _samples(
         self, tile: Tile, region: Region
@@ -381,8 +292,8 @@ class FusionPlan:
     def _weights_translation(
         self, tile: Tile, d: NDArray[np.float64], region: Region, sub: list[slice]
     ) -> tuple[NDArray[Any], ...] | None:
-        """Separable linear weights: one 1D ramp per axis (None when not blending)."""
-        if self.blend != "linear":
+        """Separable linear weights: one 1D ramp per axis (None when not feathering)."""
+        if not self.blend_mode.feathered:
             return None
         ramps = []
         for ax in range(3):
@@ -421,12 +332,11 @@ class FusionPlan:
             out[ch] = ndimage.map_coordinates(
                 data[ch].astype(self._acc), coords, order=1, mode="nearest"
             )
-        if self.blend == "linear":
+        w = None
+        if self.blend_mode.feathered:
             w = np.ones(mask.shape, dtype=self._acc)
             for ax in range(3):
                 w *= ramp(t[ax], int(n[ax]), tile.voxel_size[ax], self.blend_width[ax])
-        else:
-            w = np.ones(mask.shape, dtype=self._acc)
         full = (slice(0, mask.shape[0]), slice(0, mask.shape[1]), slice(0, mask.shape[2]))
         return [(full, out, mask, w)]
 
@@ -439,186 +349,61 @@ def _lerp(data: NDArray[Any], axis: int, f: float, n_out: int) -> NDArray[Any]:
     return a * (1 - f) + b * f
 
 
-def _contains(sub: Region, cell: Region) -> bool:
-    return all(s.start <= c.start and c.stop <= s.stop for s, c in zip(sub, cell, strict=True))
-
-
-def _put(
-    out: NDArray[Any], sub: Region, data: NDArray[Any], mask: NDArray[np.bool_] | None
-) -> None:
-    view = out[(slice(None), *sub)]
-    if mask is None:
-        view[...] = data
-    else:
-        view[:, mask] = data[:, mask]
-
-
 def default_blend_width(tiles: Sequence[Tile]) -> NDArray[np.float64]:
     """Default ramp width (z, y, x): 10 % of the median tile extent in micrometres."""
     ext = np.median([np.asarray(t.shape) * t.voxel_size for t in tiles], axis=0)
     return 0.1 * ext
 
 
-class _BlockToStore(_StoreTask):
-    """Picklable task: render one block and write it (and its marker) to a store."""
+class _RenderTask:
+    """Picklable task: render one block; write it (parallel writers) or return it."""
 
-    def __init__(self, plan: FusionPlan, path: str) -> None:
-        self.plan, self.path = plan, path
+    def __init__(self, plan: FusionPlan, grid: BlockGrid, writer: BlockWriter | None) -> None:
+        self.plan, self.grid, self.writer = plan, grid, writer
 
-    def __call__(self, block: tuple[int, int, int]) -> None:
-        group = self.group()
-        region = group.block_region(block, 0)
-        data = self.plan.render(region)
-        if group[0].ndim == 3:
-            data = data[0]
-        group.write_block(region, data, 0)
-        group.mark_done(block, 0)
+    def __call__(self, block: tuple[int, int, int]) -> NDArray[Any] | None:
+        data = self.plan.render(self.grid.region(block))
+        if self.writer is None:
+            return data
+        self.writer.write_block(block, data)
+        return None
 
 
-class _BlockToMemory:
-    """Task: render one block and return it."""
+def fuse_tiles(plan: FusionPlan, writer: BlockWriter, execution: ExecOptions | None = None) -> Any:
+    """Render every pending block of a plan into a writer, then finish the writer.
 
-    def __init__(self, plan: FusionPlan, block_shape: Sequence[int]) -> None:
-        self.plan, self.block_shape = plan, tuple(block_shape)
+    Parameters
+    ----------
+    plan : FusionPlan
+        What to render.
+    writer : tilefuse.writers.BlockWriter
+        Where the blocks go (`MemoryWriter`, `OmeZarrWriter`, `BdvWriter`, ...).
+        A writer that resumes (OME-Zarr) offers only the blocks an interrupted
+        run of the same plan did not write.
+    execution : ExecOptions, optional
+        Threads, dask client, progress bar.
 
-    def region(self, block: tuple[int, int, int]) -> Region:
-        r = [
-            slice(i * b, min((i + 1) * b, s))
-            for i, b, s in zip(block, self.block_shape, self.plan.grid.shape, strict=True)
-        ]
-        return (r[0], r[1], r[2])
-
-    def __call__(self, block: tuple[int, int, int]) -> NDArray[Any]:
-        return self.plan.render(self.region(block))
-
-
-def fuse_tiles(
-    plan: FusionPlan,
-    output: str | os.PathLike[str] | None = None,
-    *,
-    levels: int = 1,
-    chunks: Sequence[int] | None = None,
-    shards: Sequence[int] | bool | None = True,
-    version: Literal["0.4", "0.5"] = "0.5",
-    compression: Literal["default", "fast", "archive", "none"] = "default",
-    name: str | None = None,
-    channel_names: Sequence[str] | None = None,
-    workers: int | None = None,
-    client: Any = None,
-    progress: bool = False,
-    overwrite: bool = False,
-    kind: Literal["image", "label"] = "image",
-) -> NDArray[Any] | MultiScaleGroup:
-    """Run a fusion plan into memory or into an OME-Zarr store.
-
-    See `tilefuse.Tileset.fuse` for the parameters. A store whose previous
-    write of the same plan was interrupted is resumed: blocks already written
-    are skipped.
+    Returns
+    -------
+    Any
+        What the writer's ``finish`` returns (an array, a `MultiScaleGroup`, ...).
     """
-    if output is None:
-        return _fuse_to_memory(plan, chunks, workers=workers, client=client, progress=progress)
-    path = Path(output)
-    fp = plan.fingerprint()
-    group = _resume_or_create(
-        plan,
-        path,
-        fp,
-        overwrite=overwrite,
-        chunks=chunks,
-        shards=shards,
-        version=version,
-        compression=compression,
-        name=name,
-        channel_names=channel_names,
-        kind=kind,
-    )
-    return fuse_into(plan, group, levels=levels, workers=workers, client=client, progress=progress)
-
-
-def fuse_into(
-    plan: FusionPlan,
-    group: MultiScaleGroup,
-    *,
-    levels: int = 1,
-    workers: int | None = None,
-    client: Any = None,
-    progress: bool = False,
-) -> MultiScaleGroup:
-    """Render every level-0 block of an existing group not yet done, build its pyramid, finish it.
-
-    The group's level-0 grid must be the plan's output grid.
-    """
-    if tuple(group[0].shape[-3:]) != plan.grid.shape:
-        msg = f"{group.path}: level 0 is {group[0].shape}, the fusion grid is {plan.grid.shape}"
-        raise ValueError(msg)
-    todo = [b for b in group.blocks(0) if b not in group.done_blocks(0)]
-    if len(todo) < len(group.blocks(0)):
-        logger.info(
-            "resuming %s: %d of %d blocks left", group.path, len(todo), len(group.blocks(0))
-        )
-    task = _BlockToStore(plan, str(group.path))
-    for _ in imap_unordered(
-        task, todo, workers=workers, client=client, progress=progress, desc="fuse"
-    ):
-        pass
-    for lvl in range(1, levels):
-        group.add_downsample_level(lvl, workers=workers, client=client, progress=progress)
-    group.mark_complete()
-    return group
-
-
-def _fuse_to_memory(
-    plan: FusionPlan,
-    chunks: Sequence[int] | None,
-    *,
-    workers: int | None,
-    client: Any,
-    progress: bool,
-) -> NDArray[Any]:
-    out = np.zeros(plan.shape, dtype=plan.dtype)
-    bs = (
-        tuple(chunks)
-        if chunks
-        else tuple(min(s, b) for s, b in zip(plan.grid.shape, (64, 512, 512), strict=True))
-    )
-    task = _BlockToMemory(plan, bs)
-    blocks = list(np.ndindex(*[-(-s // b) for s, b in zip(plan.grid.shape, bs, strict=True)]))
-    for block, data in imap_unordered(
-        task, blocks, workers=workers, client=client, progress=progress, desc="fuse"
-    ):
-        out[(slice(None), *task.region(block))] = data
-    return out[0] if plan.n_channels == 1 else out
-
-
-def _resume_or_create(
-    plan: FusionPlan, path: Path, fingerprint: str, *, overwrite: bool, **kwargs: Any
-) -> MultiScaleGroup:
-    """Open an interrupted store of the same plan, or create a new one."""
-    if path.exists() and not overwrite:
-        try:
-            group = MultiScaleGroup.open(path, mode="r+")
-        except StoreError:
-            group = None
-        if group is not None and not group.is_complete:
-            if group.get_attribute("fingerprint") == fingerprint:
-                return group
-            msg = f"{path} holds an unfinished fusion of different tiles or settings"
-            raise OutputExistsError(msg + "; pass overwrite=True to replace it")
-    shape = plan.shape if plan.n_channels > 1 else plan.grid.shape
-    chunks = kwargs.pop("chunks") or default_chunks(plan.grid.shape, plan.dtype)
-    names = kwargs.pop("channel_names") or (
-        list(plan.tiles[0].channels) if plan.n_channels > 1 else None
-    )
-    group = MultiScaleGroup.create(
-        path,
-        shape=shape,
-        dtype=plan.dtype,
-        voxel_size=plan.grid.voxel_size,
-        origin=plan.grid.origin,
-        chunks=chunks,
-        channel_names=names,
-        overwrite=overwrite,
-        **kwargs,
-    )
-    group.set_attribute("fingerprint", fingerprint)
-    return group
+    execution = execution or ExecOptions()
+    writer.begin(plan.spec())
+    try:
+        todo = writer.pending_blocks()
+        task = _RenderTask(plan, writer.grid, writer if writer.parallel_writes else None)
+        for block, data in imap_unordered(
+            task,
+            todo,
+            workers=execution.workers,
+            client=execution.client,
+            progress=execution.progress,
+            desc="fuse",
+        ):
+            if data is not None:
+                writer.write_block(block, data)
+        return writer.finish(execution)
+    except BaseException:
+        writer.abort()
+        raise

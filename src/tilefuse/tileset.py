@@ -16,7 +16,6 @@ import numpy as np
 from tilefuse.errors import (
     EmptyTilesetError,
     IncompatibleTilesError,
-    OutputExistsError,
     StoreError,
 )
 from tilefuse.geometry import (
@@ -26,11 +25,13 @@ from tilefuse.geometry import (
     voxel_slices,
 )
 from tilefuse.io.positions import parse_offsets as _parse_offsets
+from tilefuse.options import ExecOptions, FusionOptions, OutputOptions, with_overrides
 from tilefuse.tile import Tile
 
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike, NDArray
 
+    from tilefuse.blend import Blend
     from tilefuse.correction import Corrections
     from tilefuse.io.ome_zarr import MultiScaleGroup
     from tilefuse.labels import LabelMapping
@@ -340,15 +341,42 @@ class Tileset(Sequence[Tile]):
             xml, timepoint=timepoint, angle=angle, world_unit_um=world_unit_um
         )
 
-    def to_bdv(self, path: str | os.PathLike[str], **options: Any) -> tuple[Path, Path]:
+    def to_bdv(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        output_options: OutputOptions | None = None,
+        levels: int | None = None,
+        chunks: Sequence[int] | None = None,
+        compression: Literal["default", "fast", "archive", "none"] | None = None,
+        overwrite: bool | None = None,
+    ) -> tuple[Path, Path]:
         """Export each tile as its own BigDataViewer setup (for BigStitcher): HDF5 + XML.
 
         Tiles become setups with tile (and channel) attributes; positions are
         written as their registration. Returns the ``.h5`` and ``.xml`` paths.
+
+        Parameters
+        ----------
+        path : str or PathLike
+            The ``.h5`` file (the ``.xml`` goes beside it).
+        output_options : OutputOptions, optional
+            ``levels`` (a cap on BigDataViewer's proposal), ``chunks`` (HDF5
+            chunk), ``compression`` (gzip level) and ``overwrite`` apply.
+        levels, chunks, compression, overwrite
+            Override those fields of ``output_options``.
         """
         from tilefuse.io.project import tileset_to_bdv
 
-        return tileset_to_bdv(self, path, **options)
+        out = with_overrides(
+            output_options,
+            OutputOptions,
+            levels=levels,
+            chunks=chunks,
+            compression=compression,
+            overwrite=overwrite,
+        )
+        return tileset_to_bdv(self, path, out)
 
     def to_bigstitcher_xml(
         self,
@@ -807,58 +835,49 @@ class Tileset(Sequence[Tile]):
         self,
         output: str | os.PathLike[str] | None = None,
         *,
-        blend: Literal["overwrite", "max", "mean", "linear", "centre"] = "linear",
+        options: FusionOptions | None = None,
+        output_options: OutputOptions | None = None,
+        exec_options: ExecOptions | None = None,
+        blend: str | Blend | None = None,
         blend_width: float | ArrayLike | None = None,
-        priority: Literal["last", "first"] = "last",
+        priority: Literal["last", "first"] | None = None,
         voxel_size: ArrayLike | None = None,
-        levels: int = 1,
+        levels: int | None = None,
         chunks: Sequence[int] | None = None,
-        shards: Sequence[int] | bool | None = True,
-        version: Literal["0.4", "0.5"] = "0.5",
-        compression: Literal["default", "fast", "archive", "none"] = "default",
+        shards: Sequence[int] | bool | None = None,
+        version: Literal["0.4", "0.5"] | None = None,
+        compression: Literal["default", "fast", "archive", "none"] | None = None,
         name: str | None = None,
+        overwrite: bool | None = None,
         workers: int | None = None,
         client: Any = None,
-        progress: bool = False,
-        overwrite: bool = False,
+        progress: bool | None = None,
     ) -> NDArray[Any] | MultiScaleGroup:
         """Fuse the tiles into one volume, in memory or streamed into OME-Zarr.
+
+        Settings come in three objects, each field declared (with its default
+        and meaning) once in `tilefuse.options`: ``options`` (`FusionOptions`:
+        what is computed), ``output_options`` (`OutputOptions`: how it is
+        stored) and ``exec_options`` (`ExecOptions`: how the work runs). Every
+        other keyword is a field of one of them and overrides it; a keyword
+        left at None keeps the object's value (or the field's default).
 
         Parameters
         ----------
         output : str or PathLike, optional
             An OME-Zarr folder to write block by block. When omitted, the fused
-            volume is returned as an in-memory array.
-        blend : {"linear", "overwrite", "max", "mean"}
-            ``linear`` feathers tiles into each other over ``blend_width``;
-            ``overwrite`` copies (the last tile wins, see ``priority``);
-            ``max`` and ``mean`` combine voxel-wise.
-        blend_width : float or array_like of 3 floats, optional
-            Ramp width (z, y, x) in micrometres for ``linear``; default 10 %
-            of the median tile extent along each axis.
-        priority : {"last", "first"}
-            For ``overwrite``: which tile wins where several have data.
-        voxel_size : array_like of 3 floats, optional
-            Output voxel size (default: the tileset's); other sizes resample.
-        levels : int
-            Pyramid levels to write (1 = full resolution only).
-        chunks, shards : sequence of 3 ints
-            Output chunking; see `MultiScaleGroup.create`. For in-memory
-            output ``chunks`` is the block size of the work.
-        version : {"0.5", "0.4"}
-            NGFF version (zarr v3 or v2).
-        compression : {"default", "fast", "archive", "none"}
-            Output codec; see `MultiScaleGroup.create`.
-        name : str, optional
-            Image name in the OME metadata.
-        workers : int, optional
-            Threads (default: available CPUs).
-        client : distributed.Client, optional
-            Run blocks on this dask cluster instead of local threads.
-        progress : bool
-            Show a progress bar.
-        overwrite : bool
-            Replace an existing output store.
+            volume is returned as an in-memory array (``chunks`` is then the
+            work block).
+        options, output_options, exec_options : optional
+            The settings objects (defaults: the dataclasses' defaults).
+        blend, blend_width, priority, voxel_size
+            `FusionOptions` fields: blend mode (``"linear"`` by default; see
+            `tilefuse.blend.blend_names`), ramp width in micrometres, which tile
+            wins for ``overwrite``, output voxel size.
+        levels, chunks, shards, version, compression, name, overwrite
+            `OutputOptions` fields (``levels`` defaults to 1 here).
+        workers, client, progress
+            `ExecOptions` fields.
 
         Returns
         -------
@@ -872,31 +891,36 @@ class Tileset(Sequence[Tile]):
             If ``output`` exists and ``overwrite`` is false (an interrupted
             fusion of the same tiles and settings is resumed instead).
         """
-        from tilefuse.fuse import FusionPlan, OutputGrid, default_blend_width, fuse_tiles
+        from tilefuse.fuse import FusionPlan, fuse_tiles
+        from tilefuse.writers import MemoryWriter, OmeZarrWriter
 
-        vs = self.voxel_size if voxel_size is None else np.asarray(voxel_size, dtype=float)
-        grid = OutputGrid.covering(self._tiles, vs)
-        if blend_width is None:
-            width = default_blend_width(self._tiles)
-        else:
-            width = np.broadcast_to(np.asarray(blend_width, dtype=float), (3,))
-        plan = FusionPlan(self._tiles, grid, blend=blend, blend_width=width, priority=priority)
-        out = fuse_tiles(
-            plan,
-            output,
+        fusion = with_overrides(
+            options,
+            FusionOptions,
+            blend=blend,
+            blend_width=blend_width,
+            priority=priority,
+            voxel_size=voxel_size,
+        )
+        out = with_overrides(
+            output_options,
+            OutputOptions,
             levels=levels,
             chunks=chunks,
             shards=shards,
             version=version,
             compression=compression,
             name=name,
-            workers=workers,
-            client=client,
-            progress=progress,
             overwrite=overwrite,
         )
-        _record_corrections(out, self._tiles)
-        return out
+        ex = with_overrides(
+            exec_options, ExecOptions, workers=workers, client=client, progress=progress
+        )
+        plan = FusionPlan.from_options(self._tiles, fusion, voxel_size=self.voxel_size)
+        writer = MemoryWriter(out) if output is None else OmeZarrWriter(output, out)
+        result = fuse_tiles(plan, writer, ex)
+        _record_corrections(result, self._tiles)
+        return result  # type: ignore[no-any-return]
 
     # -- labels -------------------------------------------------------------------------
     def dedup_labels(self, **rules: Any) -> LabelMapping:
@@ -914,16 +938,20 @@ class Tileset(Sequence[Tile]):
         output: str | os.PathLike[str] | None = None,
         *,
         mapping: LabelMapping | None = None,
-        name: str = "labels",
-        rule: Literal["centre", "overwrite"] = "centre",
+        rule: str | Blend | None = None,
+        options: FusionOptions | None = None,
+        output_options: OutputOptions | None = None,
+        exec_options: ExecOptions | None = None,
         levels: int | None = None,
         chunks: Sequence[int] | None = None,
-        shards: Sequence[int] | bool | None = True,
-        version: Literal["0.4", "0.5"] = "0.5",
+        shards: Sequence[int] | bool | None = None,
+        version: Literal["0.4", "0.5"] | None = None,
+        compression: Literal["default", "fast", "archive", "none"] | None = None,
+        name: str | None = None,
+        overwrite: bool | None = None,
         workers: int | None = None,
         client: Any = None,
-        progress: bool = False,
-        overwrite: bool = False,
+        progress: bool | None = None,
     ) -> NDArray[Any] | MultiScaleGroup:
         """Fuse label tiles without blending (each voxel keeps one tile's label).
 
@@ -936,29 +964,52 @@ class Tileset(Sequence[Tile]):
             or None for an in-memory array.
         mapping : LabelMapping, optional
             Apply this mapping (from `dedup_labels`) lazily while reading.
-        name : str
-            Label image name inside ``labels/``.
-        rule : {"centre", "overwrite"}
-            ``centre``: each voxel from the covering tile whose centre is
-            nearest (a Voronoi cut through overlaps); ``overwrite``: the last tile.
-        levels : int, optional
-            Pyramid levels (mode downsampling; background never wins a tie).
-            Defaults to the image's level count, or 1 for a new store.
-        chunks, shards, version, workers, client, progress, overwrite
-            As for `fuse`.
+        rule : str, optional
+            The blend mode (overrides ``options.blend``); it must be label-safe
+            (`tilefuse.blend.label_safe_names`). Default ``"centre"``: each
+            voxel from the covering tile whose centre is nearest (a Voronoi cut
+            through overlaps); ``"overwrite"``: the last tile.
+        options, output_options, exec_options : optional
+            The settings objects (see `fuse`); ``options`` defaults to
+            ``FusionOptions(blend="centre")``.
+        levels, chunks, shards, version, compression, name, overwrite
+            `OutputOptions` fields. ``name`` (default ``"labels"``) is the label
+            image name inside ``labels/``; ``levels`` (mode downsampling;
+            background never wins a tie) defaults to the image's level count,
+            or 1 for a new store.
+        workers, client, progress
+            `ExecOptions` fields.
 
         Returns
         -------
         ndarray or MultiScaleGroup
         """
-        from tilefuse.blend import LABEL_SAFE
-        from tilefuse.fuse import FusionPlan, OutputGrid, fuse_into, fuse_tiles
+        from tilefuse.blend import get_blend, label_safe_names
+        from tilefuse.fuse import FusionPlan, OutputGrid, fuse_tiles
         from tilefuse.io.ome_zarr import MultiScaleGroup
         from tilefuse.labels import check_label_dtype
+        from tilefuse.writers import MemoryWriter, OmeZarrLabelsWriter, OmeZarrWriter
 
-        if rule not in LABEL_SAFE:
-            msg = f"labels must be fused with one of {LABEL_SAFE}, not {rule!r}"
+        fusion = with_overrides(options or FusionOptions(blend="centre"), FusionOptions, blend=rule)
+        if not get_blend(fusion.blend).label_safe:
+            msg = f"labels must be fused with one of {label_safe_names()}, not {fusion.blend!r}"
             raise ValueError(msg)
+        out = with_overrides(
+            output_options,
+            OutputOptions,
+            levels=levels,
+            chunks=chunks,
+            shards=shards,
+            version=version,
+            compression=compression,
+            name=name,
+            overwrite=overwrite,
+        )
+        if out.name is None:
+            out = dataclasses.replace(out, name="labels")
+        ex = with_overrides(
+            exec_options, ExecOptions, workers=workers, client=client, progress=progress
+        )
         check_label_dtype(self.dtype, "fuse_labels")
         ts = mapping.apply(self) if mapping is not None else self
         image = None
@@ -968,45 +1019,18 @@ class Tileset(Sequence[Tile]):
             except StoreError:
                 image = None
         if image is None or image.kind != "image":
-            plan = FusionPlan(ts.tiles, OutputGrid.covering(ts.tiles, ts.voxel_size), blend=rule)
-            return fuse_tiles(
-                plan,
-                output,
-                levels=levels or 1,
-                chunks=chunks,
-                shards=shards,
-                version=version,
-                workers=workers,
-                client=client,
-                progress=progress,
-                overwrite=overwrite,
-                name=name,
-                kind="label",
+            plan = FusionPlan.from_options(ts.tiles, fusion, voxel_size=ts.voxel_size)
+            writer: Any = (
+                MemoryWriter(out) if output is None else OmeZarrWriter(output, out, kind="label")
             )
+            return fuse_tiles(plan, writer, ex)  # type: ignore[no-any-return]
         grid = OutputGrid(
             tuple(float(v) for v in image.origin),  # type: ignore[arg-type]
             tuple(float(v) for v in image.voxel_size),  # type: ignore[arg-type]
             tuple(int(v) for v in image[0].shape[-3:]),  # type: ignore[arg-type]
         )
-        plan = FusionPlan(ts.tiles, grid, blend=rule)
-        lpath = Path(output) / "labels" / name  # type: ignore[arg-type]
-        group = None
-        if lpath.exists() and not overwrite:
-            group = MultiScaleGroup.open(lpath, mode="r+")
-            if group.is_complete or group.get_attribute("fingerprint") != plan.fingerprint():
-                msg = f"labels exist: {lpath} (pass overwrite=True to replace them)"
-                raise OutputExistsError(msg)
-        if group is None:
-            group = image.create_labels(name, dtype=ts.dtype, overwrite=overwrite)
-            group.set_attribute("fingerprint", plan.fingerprint())
-        return fuse_into(
-            plan,
-            group,
-            levels=levels or image.n_levels,
-            workers=workers,
-            client=client,
-            progress=progress,
-        )
+        plan = FusionPlan.from_options(ts.tiles, fusion, grid=grid)
+        return fuse_tiles(plan, OmeZarrLabelsWriter(image, out.name or "labels", out), ex)  # type: ignore[no-any-return]
 
     def map_tiles(self, func: Any, **options: Any) -> Tileset:
         """Apply ``func`` (e.g. a segmentation) to every tile; results staged to zarr.

@@ -202,7 +202,7 @@ def write_bdv(
     levels: int | None = None,
     chunks: tuple[int, int, int] | None = None,
     block: tuple[int, int, int] = (64, 512, 512),
-    compression: Literal["gzip", "none"] = "gzip",
+    compression: Literal["default", "fast", "archive", "gzip", "none"] = "default",
     overwrite: bool = False,
 ) -> tuple[Path, Path]:
     """Write views as a BigDataViewer HDF5 file plus its SpimData XML.
@@ -221,8 +221,10 @@ def write_bdv(
         voxels, best for viewing; larger chunks write faster).
     block : tuple of 3 ints
         Work block (z, y, x): memory is about one block.
-    compression : {"gzip", "none"}
-        HDF5 filter (gzip level 4 with byte shuffle; readable by every HDF5 client).
+    compression : {"default", "fast", "archive", "gzip", "none"}
+        HDF5 filter: gzip with byte shuffle (readable by every HDF5 client) at
+        level 4 (``"default"``, also ``"gzip"``), 1 (``"fast"``) or 9
+        (``"archive"``); ``"none"`` stores raw chunks.
     overwrite : bool
         Replace existing files.
 
@@ -289,11 +291,7 @@ def _write_setup(
     g.create_dataset("subdivisions", data=np.asarray(sub, dtype=np.int32))
     if dt != np.uint16:
         g.attrs.create("dataType", np.bytes_(dt.name))  # fixed-length ASCII, as Java writes it
-    comp = (
-        {"compression": "gzip", "compression_opts": 4, "shuffle": True}
-        if compression == "gzip"
-        else {}
-    )
+    comp = _h5_filter(compression)
     method = "mode" if view.kind == "label" else "mean"
     prev = None
     for lvl, (r, s) in enumerate(zip(res, sub, strict=True)):
@@ -320,6 +318,20 @@ def _write_setup(
             ds[region] = chunk.view(store_dt) if dt == np.uint16 else chunk
         prev = (ds, f_zyx)
     return res
+
+
+#: gzip level per `OutputOptions.compression` (``"gzip"``: the historical name of the default)
+_GZIP_LEVELS = {"default": 4, "gzip": 4, "fast": 1, "archive": 9}
+
+
+def _h5_filter(compression: str) -> dict[str, Any]:
+    """h5py dataset keywords for a compression name."""
+    if compression == "none":
+        return {}
+    if compression not in _GZIP_LEVELS:
+        msg = f"compression must be one of {(*_GZIP_LEVELS, 'none')}, got {compression!r}"
+        raise ValueError(msg)
+    return {"compression": "gzip", "compression_opts": _GZIP_LEVELS[compression], "shuffle": True}
 
 
 def _as_type(a: NDArray[Any], dt: np.dtype[Any]) -> NDArray[Any]:

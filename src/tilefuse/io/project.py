@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tilefuse.errors import MissingTileError, OutputExistsError, UnsupportedFormatError
+from tilefuse.options import OutputOptions
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -218,16 +219,25 @@ def _zgroup_indices(element: Any, tp: int, setup: int) -> tuple[int, ...] | None
 
 
 def tileset_to_bdv(
-    tileset: Tileset, path: str | os.PathLike[str], **options: Any
+    tileset: Tileset, path: str | os.PathLike[str], options: OutputOptions | None = None
 ) -> tuple[Path, Path]:
     """Export every tile as its own BDV setup (tile attribute, position as registration).
 
     Channels of a tile become setups with a channel attribute. Tiles must be
-    axis-aligned. ``options`` go to `tilefuse.io.bdv.write_bdv`.
+    axis-aligned. Of ``options``, ``levels`` (a cap), ``chunks``,
+    ``compression`` and ``overwrite`` apply (see `tilefuse.io.bdv.write_bdv`).
     """
     from tilefuse.io.bdv import write_bdv
 
-    return write_bdv(path, _tile_views(tileset), **options)
+    o = options or OutputOptions()
+    return write_bdv(
+        path,
+        _tile_views(tileset),
+        levels=o.levels,
+        chunks=o.chunks,
+        compression=o.compression,
+        overwrite=o.overwrite,
+    )
 
 
 def _tile_views(tileset: Tileset) -> list[Any]:

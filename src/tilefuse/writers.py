@@ -1,0 +1,342 @@
+"""Block writers: where fused blocks go (in memory, OME-Zarr, BigDataViewer HDF5).
+
+The fusion engine (`tilefuse.fuse.fuse_tiles`) knows only the `BlockWriter`
+interface:
+
+1. `BlockWriter.begin` with a `VolumeSpec` (shape, dtype, grid, plan
+   fingerprint): the writer creates its output, or reopens an interrupted one
+   of the same plan (resume);
+2. `BlockWriter.grid`: the block grid, aligned to the writer's storage unit
+   (a shard or chunk), so every block is written exactly once by one task;
+3. `BlockWriter.pending_blocks`: the blocks still to write (all of them,
+   unless the writer resumes);
+4. `BlockWriter.write_block` for each rendered block: in the worker tasks
+   when `BlockWriter.parallel_writes` is true (the writer must then be
+   picklable for a dask client), otherwise in the calling process as blocks
+   arrive;
+5. `BlockWriter.finish` (pyramid levels, metadata, atomic rename) returns the
+   result; `BlockWriter.abort` runs instead when the fusion fails.
+
+A new output format is one `BlockWriter` subclass.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import numpy as np
+
+from tilefuse.errors import OutputExistsError, StoreError
+from tilefuse.io.ome_zarr import MultiScaleGroup, default_chunks
+from tilefuse.options import ExecOptions, OutputOptions
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from numpy.typing import NDArray
+
+__all__ = [
+    "BlockGrid",
+    "BlockWriter",
+    "MemoryWriter",
+    "OmeZarrLabelsWriter",
+    "OmeZarrWriter",
+    "VolumeSpec",
+]
+
+logger = logging.getLogger(__name__)
+
+Block = tuple[int, int, int]
+Region = tuple[slice, slice, slice]
+
+
+@dataclass(frozen=True)
+class VolumeSpec:
+    """What a writer needs to know about the volume it will receive.
+
+    Attributes
+    ----------
+    shape : tuple of 4 ints
+        ``(c, z, y, x)``; blocks arrive as ``(c, z, y, x)`` arrays.
+    dtype : numpy.dtype
+        Pixel type of the blocks.
+    origin, voxel_size : tuple of 3 floats
+        The grid: world position (z, y, x) of voxel 0 and the voxel size, micrometres.
+    channel_names : tuple of str, optional
+        One per channel when there are several.
+    fingerprint : str
+        A hash of everything that determines the pixels (for resuming).
+    """
+
+    shape: tuple[int, int, int, int]
+    dtype: np.dtype[Any]
+    origin: tuple[float, float, float]
+    voxel_size: tuple[float, float, float]
+    channel_names: tuple[str, ...] | None = None
+    fingerprint: str = ""
+
+    @property
+    def spatial_shape(self) -> tuple[int, int, int]:
+        """``(z, y, x)``."""
+        return (self.shape[1], self.shape[2], self.shape[3])
+
+
+@dataclass(frozen=True)
+class BlockGrid:
+    """Output blocks: ``shape`` (z, y, x) cut into ``block_shape`` pieces (C order)."""
+
+    shape: tuple[int, int, int]
+    block_shape: tuple[int, int, int]
+
+    def blocks(self) -> list[Block]:
+        """Indices of every block, in C order."""
+        n = [-(-s // b) for s, b in zip(self.shape, self.block_shape, strict=True)]
+        return list(itertools.product(range(n[0]), range(n[1]), range(n[2])))
+
+    def region(self, block: Block) -> Region:
+        """Voxel region (z, y, x) of a block (clipped at the far edges)."""
+        r = [
+            slice(i * b, min((i + 1) * b, s))
+            for i, b, s in zip(block, self.block_shape, self.shape, strict=True)
+        ]
+        return (r[0], r[1], r[2])
+
+
+class BlockWriter:
+    """Base of the block writers; see the module docstring for the protocol."""
+
+    #: True: `write_block` may run in worker tasks, concurrently for distinct blocks.
+    parallel_writes: ClassVar[bool] = False
+
+    def begin(self, spec: VolumeSpec) -> None:
+        """Create the output for ``spec`` (or reopen an interrupted one); sets `grid`."""
+        raise NotImplementedError
+
+    @property
+    def grid(self) -> BlockGrid:
+        """The block grid (available after `begin`)."""
+        grid: BlockGrid | None = getattr(self, "_grid", None)
+        if grid is None:
+            msg = f"{type(self).__name__}: call begin() first"
+            raise RuntimeError(msg)
+        return grid
+
+    def pending_blocks(self) -> list[Block]:
+        """Blocks still to write (default: all)."""
+        return self.grid.blocks()
+
+    def write_block(self, block: Block, data: NDArray[Any]) -> None:
+        """Store one rendered ``(c, z, y, x)`` block and record it as written."""
+        raise NotImplementedError
+
+    def finish(self, execution: ExecOptions) -> Any:
+        """Complete the output (pyramid, metadata) and return the result."""
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        """Called instead of `finish` when the fusion fails (default: nothing)."""
+
+
+def memory_block_shape(
+    shape: Sequence[int], chunks: Sequence[int] | None = None
+) -> tuple[int, int, int]:
+    """Work block of an in-memory fusion: ``chunks`` or up to 64 x 512 x 512."""
+    bs = chunks or tuple(min(s, b) for s, b in zip(shape, (64, 512, 512), strict=True))
+    return (int(bs[0]), int(bs[1]), int(bs[2]))
+
+
+class MemoryWriter(BlockWriter):
+    """Collect the blocks into one numpy array.
+
+    Parameters
+    ----------
+    options : OutputOptions, optional
+        Only ``chunks`` applies: the work block (default up to 64 x 512 x 512).
+    """
+
+    def __init__(self, options: OutputOptions | None = None) -> None:
+        self.options = options or OutputOptions()
+        self._out: NDArray[Any] | None = None
+
+    def begin(self, spec: VolumeSpec) -> None:
+        """Allocate the output array."""
+        self._out = np.zeros(spec.shape, dtype=spec.dtype)
+        bs = memory_block_shape(spec.spatial_shape, self.options.chunks)
+        self._grid = BlockGrid(spec.spatial_shape, bs)
+
+    def write_block(self, block: Block, data: NDArray[Any]) -> None:
+        """Copy a block into the array."""
+        assert self._out is not None
+        self._out[(slice(None), *self.grid.region(block))] = data
+
+    def finish(self, execution: ExecOptions) -> NDArray[Any]:
+        """``(z, y, x)`` for one channel, else ``(c, z, y, x)``."""
+        assert self._out is not None
+        out, self._out = self._out, None
+        return out[0] if out.shape[0] == 1 else out
+
+
+class OmeZarrWriter(BlockWriter):
+    """Write into a new OME-Zarr store (`MultiScaleGroup`), one shard per block, resumably.
+
+    Blocks are written by the worker tasks themselves (in parallel, each to
+    its own shard) and recorded as done; an interrupted store of the same
+    plan (same fingerprint) is resumed, skipping the blocks already written.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        The store folder.
+    options : OutputOptions, optional
+        Levels (default 1), chunks, shards, version, compression, name, overwrite.
+    kind : {"image", "label"}
+        Label images get ``image-label`` metadata and mode downsampling.
+    """
+
+    parallel_writes = True
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        options: OutputOptions | None = None,
+        *,
+        kind: Literal["image", "label"] = "image",
+    ) -> None:
+        self.path = Path(path)
+        self.options = options or OutputOptions()
+        self.kind = kind
+        self._group: MultiScaleGroup | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_group"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _group=None)
+
+    @property
+    def group(self) -> MultiScaleGroup:
+        """The store (reopened lazily in a worker process)."""
+        if self._group is None:
+            self._group = MultiScaleGroup.open(self.path, mode="r+")
+        return self._group
+
+    def begin(self, spec: VolumeSpec) -> None:
+        """Resume an interrupted store of the same plan, or create a new one."""
+        group = self._resume_or_create(spec)
+        if tuple(group[0].shape[-3:]) != spec.spatial_shape:
+            msg = f"{group.path}: level 0 is {group[0].shape}, the fusion grid is {spec.shape}"
+            raise StoreError(msg)
+        self._group = group
+        self._grid = BlockGrid(spec.spatial_shape, group.block_shape(0))
+
+    def _resume_or_create(self, spec: VolumeSpec) -> MultiScaleGroup:
+        path, opts = self.path, self.options
+        if path.exists() and not opts.overwrite:
+            try:
+                group = MultiScaleGroup.open(path, mode="r+")
+            except StoreError:
+                group = None
+            if group is not None and not group.is_complete:
+                if group.get_attribute("fingerprint") == spec.fingerprint:
+                    return group
+                msg = f"{path} holds an unfinished fusion of different tiles or settings"
+                raise OutputExistsError(msg + "; pass overwrite=True to replace it")
+        c = spec.shape[0]
+        group = MultiScaleGroup.create(
+            path,
+            shape=spec.shape if c > 1 else spec.spatial_shape,
+            dtype=spec.dtype,
+            voxel_size=spec.voxel_size,
+            origin=spec.origin,
+            chunks=opts.chunks or default_chunks(spec.spatial_shape, spec.dtype),
+            shards=opts.shards,
+            version=opts.version,
+            compression=opts.compression,
+            name=opts.name,
+            channel_names=list(spec.channel_names) if c > 1 and spec.channel_names else None,
+            kind=self.kind,
+            overwrite=opts.overwrite,
+        )
+        group.set_attribute("fingerprint", spec.fingerprint)
+        return group
+
+    def pending_blocks(self) -> list[Block]:
+        """Every level-0 block not recorded as done by an interrupted run."""
+        blocks = self.grid.blocks()
+        done = self.group.done_blocks(0)
+        todo = [b for b in blocks if b not in done]
+        if len(todo) < len(blocks):
+            logger.info("resuming %s: %d of %d blocks left", self.path, len(todo), len(blocks))
+        return todo
+
+    def write_block(self, block: Block, data: NDArray[Any]) -> None:
+        """Write one block (one shard) of level 0 and its done-marker."""
+        group = self.group
+        region = self.grid.region(block)
+        group.write_block(region, data[0] if group[0].ndim == 3 else data, 0)
+        group.mark_done(block, 0)
+
+    def default_levels(self) -> int:
+        """Levels written when `OutputOptions.levels` is None."""
+        return 1
+
+    def finish(self, execution: ExecOptions) -> MultiScaleGroup:
+        """Build the pyramid, mark the store complete and return it."""
+        group = self.group
+        levels = self.options.levels or self.default_levels()
+        for lvl in range(1, levels):
+            group.add_downsample_level(
+                lvl, workers=execution.workers, client=execution.client, progress=execution.progress
+            )
+        group.mark_complete()
+        return group
+
+
+class OmeZarrLabelsWriter(OmeZarrWriter):
+    """Write a label image into ``labels/<name>`` of an existing OME-Zarr image.
+
+    The labels take the image's grid, chunks and shards, and by default as
+    many levels as the image. An interrupted write of the same plan is
+    resumed; finished labels are replaced only with ``overwrite``.
+
+    Parameters
+    ----------
+    image : MultiScaleGroup
+        The image (opened ``r+``).
+    name : str
+        Label image name inside ``labels/``.
+    options : OutputOptions, optional
+        ``levels`` and ``overwrite`` apply (the rest comes from the image).
+    """
+
+    def __init__(
+        self, image: MultiScaleGroup, name: str, options: OutputOptions | None = None
+    ) -> None:
+        super().__init__(image.path / "labels" / name, options, kind="label")
+        self.image_path, self.name, self.image_levels = image.path, name, image.n_levels
+        self._image: MultiScaleGroup | None = image
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**super().__getstate__(), "_image": None}
+
+    def _resume_or_create(self, spec: VolumeSpec) -> MultiScaleGroup:
+        path, opts = self.path, self.options
+        if path.exists() and not opts.overwrite:
+            group = MultiScaleGroup.open(path, mode="r+")
+            if group.is_complete or group.get_attribute("fingerprint") != spec.fingerprint:
+                msg = f"labels exist: {path} (pass overwrite=True to replace them)"
+                raise OutputExistsError(msg)
+            return group
+        image = self._image or MultiScaleGroup.open(self.image_path, mode="r+")
+        group = image.create_labels(self.name, dtype=spec.dtype, overwrite=opts.overwrite)
+        group.set_attribute("fingerprint", spec.fingerprint)
+        return group
+
+    def default_levels(self) -> int:
+        """The image's level count (the spec requires equal level counts)."""
+        return self.image_levels
