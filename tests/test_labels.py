@@ -125,7 +125,7 @@ def test_mapping_save_load_and_lazy_apply(tmp_path):
     path = mapping.save(tmp_path / "mapping.npz")
     back = LabelMapping.load(path)
     assert back.n_objects == mapping.n_objects
-    assert all(np.array_equal(a, b) for a, b in zip(back.luts, mapping.luts, strict=True))
+    assert back.luts == mapping.luts
     assert back.merges.shape[1] == 5 and len(back.merges) > 0
     mapped = back.apply(ts)
     t0 = mapped[0].read()
@@ -221,3 +221,52 @@ def test_object_table_matches_scipy(tmp_path):
     path = table.to_csv(tmp_path / "objects.csv")
     rows = path.read_text().splitlines()
     assert rows[0].startswith("label,voxels,centroid_z_um") and len(rows) == len(ids) + 1
+
+
+# -- sparse lookup tables ------------------------------------------------------------------------
+def test_label_table_dense_and_sparse_paths_agree():
+    from tilefuse.labels import LabelTable
+
+    rng = np.random.default_rng(3)
+    keys = np.unique(rng.integers(1, 5000, 300))
+    values = rng.permutation(len(keys)) + 1
+    small = LabelTable(keys, values, np.uint32)
+    huge = LabelTable(keys + 3_000_000_000, values, np.uint32)  # forces the binary search
+    labels = rng.choice(np.r_[0, keys], size=(4, 20, 20))
+    expect = np.zeros(labels.shape, np.uint32)
+    for k, v in zip(keys, values, strict=True):
+        expect[labels == k] = v
+    np.testing.assert_array_equal(small[labels], expect)
+    np.testing.assert_array_equal(huge[np.where(labels > 0, labels + 3_000_000_000, 0)], expect)
+    assert small._dense is not None and huge._dense is None
+    with pytest.raises(LabelError, match="label 4 is not in the mapping"):
+        LabelTable(np.array([1, 2, 3]), np.array([7, 8, 9]), np.uint32)[np.array([0, 4])]
+    # old dense tables load as the same sparse table
+    dense = np.zeros(10, np.uint32)
+    dense[[3, 7]] = [1, 2]
+    assert LabelTable.from_dense(dense) == LabelTable(np.array([3, 7]), np.array([1, 2]), np.uint32)
+
+
+def test_huge_label_ids_cost_what_is_present(tmp_path):
+    import pickle
+
+    from tilefuse.labels import MappedSource
+
+    _, truth = make_volume((4, 90, 100), seed=5, blob_radius=4, n_blobs=20)
+    ts = label_mosaic(truth, (2, 2))
+    small = ts.dedup_labels()
+    # the same tiles with every nonzero label shifted to IDs near 3e9
+    big_tiles = [np.where(t.read() > 0, t.read().astype(np.uint64) + 3_000_000_000, 0) for t in ts]
+    assert big_tiles[0].shape == ts[0].shape
+    big = Tileset.from_arrays(big_tiles, ts.offsets, voxel_size=ts.voxel_size)
+    mapping = big.dedup_labels()
+    assert mapping.n_objects == small.n_objects
+    for a, b in zip(mapping.luts, small.luts, strict=True):
+        assert len(a) == len(b) and a.max_label >= 3_000_000_000
+        np.testing.assert_array_equal(a.values, b.values)
+    np.testing.assert_array_equal(big.fuse_labels(mapping=mapping), ts.fuse_labels(mapping=small))
+    # what ships to a worker is the labels present, not a table up to 3e9
+    shipped = pickle.dumps(MappedSource(big[0].source, mapping.luts[0], mapping.dtype))
+    assert len(shipped) < 10 * 1024 + big_tiles[0].nbytes
+    back = LabelMapping.load(mapping.save(tmp_path / "m.npz"))
+    assert back.luts == mapping.luts

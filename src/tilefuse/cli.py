@@ -229,7 +229,7 @@ def cmd_dedup(args: argparse.Namespace) -> int:
         mutual_best=args.mutual_best,
         progress=not args.no_progress,
     )
-    n_local = sum(int(np.count_nonzero(lut)) for lut in mapping.luts)
+    n_local = sum(len(lut) for lut in mapping.luts)
     logger.info("%d per-tile labels -> %d objects", n_local, mapping.n_objects)
     if args.mapping:
         mapping.save(args.mapping)

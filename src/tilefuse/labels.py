@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from tilefuse.tile import Tile
     from tilefuse.tileset import Tileset
 
-__all__ = ["LabelMapping", "MappedSource", "check_label_dtype", "dedup_labels"]
+__all__ = ["LabelMapping", "LabelTable", "MappedSource", "check_label_dtype", "dedup_labels"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,15 +53,116 @@ def _global_dtype(n: int) -> np.dtype[Any]:
     return np.dtype(np.uint32) if n < np.iinfo(np.uint32).max else np.dtype(np.uint64)
 
 
+class LabelTable:
+    """A sparse lookup table from one tile's local label IDs to global IDs.
+
+    Sized by the labels present, not by the largest ID: a tile whose only
+    label is 3,000,000,000 costs two entries. Lookups use a dense table when
+    the IDs are small enough for one to be cheap (built on first use and never
+    pickled), else a binary search over the sorted keys. 0 maps to 0; a
+    nonzero label the table does not know is an error.
+
+    Parameters
+    ----------
+    keys : array of int
+        Sorted, unique, nonzero local labels.
+    values : array of int
+        The global ID of each key.
+    dtype : dtype
+        Global label dtype.
+    """
+
+    #: dense tables are used up to this many entries (or 8 per key, if more)
+    DENSE_LIMIT = 1 << 16
+
+    def __init__(self, keys: NDArray[Any], values: NDArray[Any], dtype: Any) -> None:
+        self.keys = np.asarray(
+            keys, dtype=np.uint64 if len(keys) and int(np.max(keys)) >= 1 << 63 else np.int64
+        )
+        self.values = np.asarray(values, dtype=dtype)
+        if self.keys.shape != self.values.shape or self.keys.ndim != 1:
+            msg = "label table keys and values must be 1-D arrays of one length"
+            raise LabelError(msg)
+        self._dense: NDArray[Any] | None = None
+
+    @classmethod
+    def from_dense(cls, lut: NDArray[Any]) -> LabelTable:
+        """From a dense table ``lut[local] = global`` (absent labels map to 0)."""
+        lut = np.asarray(lut)
+        keys = np.flatnonzero(lut)
+        return cls(keys, lut[keys], lut.dtype)
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        """Global label dtype."""
+        return self.values.dtype
+
+    @property
+    def max_label(self) -> int:
+        """The largest local label known (0 when none)."""
+        return int(self.keys[-1]) if len(self.keys) else 0
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, LabelTable):
+            return NotImplemented
+        return np.array_equal(self.keys, other.keys) and np.array_equal(self.values, other.values)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"keys": self.keys, "values": self.values}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.keys, self.values, self._dense = state["keys"], state["values"], None
+
+    def _dense_table(self) -> NDArray[Any] | None:
+        if self._dense is None and self.max_label < max(self.DENSE_LIMIT, 8 * len(self.keys)):
+            dense = np.zeros(self.max_label + 1, dtype=self.values.dtype)
+            dense[self.keys] = self.values
+            self._dense = dense
+        return self._dense
+
+    def __getitem__(self, labels: Any) -> NDArray[Any]:
+        """Global IDs of ``labels`` (any integer array); raises `LabelError` for unknown labels."""
+        labels = np.asarray(labels)
+        if labels.size == 0:
+            return np.zeros(labels.shape, dtype=self.dtype)
+        if int(labels.min()) < 0:
+            msg = f"negative label {int(labels.min())}; labels must be >= 0"
+            raise LabelError(msg)
+        dense = self._dense_table()
+        if dense is not None and int(labels.max()) < len(dense):
+            out = dense[labels]
+            unknown = (out == 0) & (labels != 0)
+        else:
+            idx = np.searchsorted(self.keys, labels.astype(self.keys.dtype, copy=False))
+            idx = np.minimum(idx, max(len(self.keys) - 1, 0))
+            found = (self.keys[idx] == labels) if len(self.keys) else np.zeros(labels.shape, bool)
+            out = np.where(found, self.values[idx] if len(self.keys) else 0, 0).astype(self.dtype)
+            unknown = ~found & (labels != 0)
+        if unknown.any():
+            bad = int(labels[unknown].flat[0])
+            msg = (
+                f"label {bad} is not in the mapping's table ({len(self)} labels, largest "
+                f"{self.max_label}): was the mapping computed on this tileset?"
+            )
+            raise LabelError(msg)
+        return out
+
+
 @dataclass
 class LabelMapping:
     """Per-tile lookup tables from local label IDs to global object IDs.
 
     Attributes
     ----------
-    luts : list of ndarray
+    luts : list of LabelTable
         ``luts[t][local]`` is the global ID of tile ``t``'s label ``local``
-        (0 stays 0; IDs absent from the tile map to 0).
+        (0 stays 0; a label the tile did not have is an error). Sparse: sized
+        by the labels present, whatever their values.
     n_objects : int
         Number of global objects; IDs are ``1 .. n_objects``.
     merges : ndarray of shape (m, 5)
@@ -73,7 +174,7 @@ class LabelMapping:
         The linking rules used.
     """
 
-    luts: list[NDArray[Any]]
+    luts: list[LabelTable]
     n_objects: int
     merges: NDArray[np.int64]
     tiles: list[dict[str, Any]]
@@ -86,14 +187,11 @@ class LabelMapping:
 
     def lookup(self, tile: int, labels: NDArray[Any]) -> NDArray[Any]:
         """Map local labels of tile ``tile`` to global IDs."""
-        lut = self.luts[tile]
-        if labels.size and int(labels.max(initial=0)) >= len(lut):
-            msg = (
-                f"tile {tile} has label {int(labels.max())} but the mapping knows labels up to "
-                f"{len(lut) - 1}: was it computed on this tileset?"
-            )
-            raise LabelError(msg)
-        return lut[labels]
+        try:
+            return self.luts[tile][labels]
+        except LabelError as exc:
+            msg = f"tile {tile}: {exc}"
+            raise LabelError(msg) from None
 
     def check(self, tileset: Tileset) -> None:
         """Raise `LabelError` unless ``tileset`` is the one this mapping was computed on."""
@@ -123,7 +221,8 @@ class LabelMapping:
         """Save to a ``.npz`` file (LUTs, merges and JSON metadata)."""
         path = Path(path)
         meta = {"n_objects": self.n_objects, "tiles": self.tiles, "rules": self.rules}
-        arrays = {f"lut_{i}": lut for i, lut in enumerate(self.luts)}
+        arrays = {f"keys_{i}": lut.keys for i, lut in enumerate(self.luts)}
+        arrays.update({f"values_{i}": lut.values for i, lut in enumerate(self.luts)})
         np.savez_compressed(path, merges=self.merges, meta=json.dumps(meta), **arrays)
         return path if path.suffix == ".npz" else path.with_suffix(path.suffix + ".npz")
 
@@ -132,7 +231,12 @@ class LabelMapping:
         """Load a mapping written by `save`."""
         with np.load(path) as f:
             meta = json.loads(str(f["meta"]))
-            luts = [f[f"lut_{i}"] for i in range(len(meta["tiles"]))]
+            n = len(meta["tiles"])
+            if "lut_0" in f.files:  # dense tables, as tilefuse < 0.2 saved them
+                luts = [LabelTable.from_dense(f[f"lut_{i}"]) for i in range(n)]
+            else:
+                dt = _global_dtype(int(meta["n_objects"]))
+                luts = [LabelTable(f[f"keys_{i}"], f[f"values_{i}"], dt) for i in range(n)]
             merges = f["merges"]
         return cls(luts, int(meta["n_objects"]), merges, meta["tiles"], meta["rules"])
 
@@ -140,8 +244,8 @@ class LabelMapping:
 class MappedSource:
     """A label source read through a lookup table (local -> global IDs), lazily."""
 
-    def __init__(self, source: Any, lut: NDArray[Any], dtype: Any) -> None:
-        self.source, self.lut, self._dtype = source, np.asarray(lut, dtype=dtype), np.dtype(dtype)
+    def __init__(self, source: Any, lut: LabelTable, dtype: Any) -> None:
+        self.source, self.lut, self._dtype = source, lut, np.dtype(dtype)
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -155,11 +259,7 @@ class MappedSource:
 
     def read(self, region: Region) -> NDArray[Any]:
         """Read a region and map it to global IDs."""
-        data = self.source.read(region)
-        if data.size and int(data.max()) >= len(self.lut):
-            msg = f"label {int(data.max())} is beyond the mapping's table ({len(self.lut) - 1})"
-            raise LabelError(msg)
-        return self.lut[data]
+        return self.lut[self.source.read(region)].astype(self._dtype, copy=False)
 
 
 # -- scanning ------------------------------------------------------------------------------
@@ -335,11 +435,9 @@ def dedup_labels(
     global_id = rank[inverse] + 1
     n_objects = len(first_idx)
     dt = _global_dtype(n_objects)
-    luts = []
-    for t, p in enumerate(present):
-        lut = np.zeros(int(p[-1]) + 1 if p.size else 1, dtype=dt)
-        lut[p] = global_id[offsets[t] : offsets[t + 1]]
-        luts.append(lut)
+    luts = [
+        LabelTable(p, global_id[offsets[t] : offsets[t + 1]], dt) for t, p in enumerate(present)
+    ]
     logger.info(
         "%d labels in %d tiles -> %d objects (%d links kept)",
         n_nodes,
