@@ -43,6 +43,7 @@ MODULES = [
     "tilefuse.surfaces",
     "tilefuse.pyramid",
     "tilefuse.geometry",
+    "tilefuse.layout",
     "tilefuse.source",
     "tilefuse.data",
 ]

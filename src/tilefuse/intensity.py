@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from tilefuse.layout import Layout
 from tilefuse.source import full_region
 
 if TYPE_CHECKING:
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
     from numpy.typing import ArrayLike, NDArray
 
     from tilefuse.source import Region
-    from tilefuse.tileset import Tileset
+    from tilefuse.tile import Tile
 
 __all__ = ["ScaledSource", "intensity_range", "preview", "show_slice", "to_png"]
 
@@ -25,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 
 def intensity_range(
-    tileset: Tileset,
+    tiles: Sequence[Tile],
     p: Sequence[float] = (1.0, 99.9),
     *,
     max_samples: int = 2_000_000,
@@ -41,7 +42,7 @@ def intensity_range(
 
     Parameters
     ----------
-    tileset : Tileset
+    tiles : sequence of Tile
         The tiles.
     p : sequence of 2 floats
         Lower and upper percentiles (0-100).
@@ -58,10 +59,10 @@ def intensity_range(
         ``(low, high)`` per channel.
     """
     rng = np.random.default_rng(seed)
-    sizes = np.array([np.prod(t.shape) for t in tileset], dtype=float)
+    sizes = np.array([np.prod(t.shape) for t in tiles], dtype=float)
     quota = np.maximum(1, (max_samples * sizes / sizes.sum()).astype(int))
     pools: list[NDArray[Any]] = []
-    for t, q in zip(tileset, quota, strict=True):
+    for t, q in zip(tiles, quota, strict=True):
         nz = t.shape[0]
         zs = np.sort(rng.choice(nz, size=min(planes_per_tile, nz), replace=False))
         planes = np.concatenate(
@@ -109,8 +110,9 @@ class ScaledSource:
 
 
 def preview(
-    tileset: Tileset,
+    tiles: Sequence[Tile],
     *,
+    voxel_size: ArrayLike | None = None,
     z: float | None = None,
     projection: Literal["max"] | None = None,
     downsample: int = 4,
@@ -126,8 +128,10 @@ def preview(
 
     Parameters
     ----------
-    tileset : Tileset
+    tiles : sequence of Tile
         The tiles.
+    voxel_size : array_like of 3 floats, optional
+        Voxel size (z, y, x) before downsampling (default: the first tile's).
     z : float, optional
         World depth in micrometres (default: the middle of the tileset).
     projection : {"max"}, optional
@@ -144,9 +148,11 @@ def preview(
     """
     from tilefuse.fuse import FusionPlan, OutputGrid
 
-    small = tileset.downscale((1, downsample, downsample), method="stride")
-    grid = OutputGrid.covering(small.tiles, small.voxel_size)
-    plan = FusionPlan(small.tiles, grid, blend=blend)
+    f = (1, downsample, downsample)
+    small = [t.downscale(f, method="stride") for t in tiles]
+    vs = tiles[0].voxel_size if voxel_size is None else np.asarray(voxel_size, dtype=float)
+    grid = OutputGrid.covering(small, vs * f)
+    plan = FusionPlan(small, grid, blend=blend)
     ny, nx = grid.shape[1:]
     if projection == "max":
         out = None
@@ -155,7 +161,7 @@ def preview(
             out = plane if out is None else np.maximum(out, plane)
         assert out is not None
     elif projection is None:
-        lo, hi = tileset.bounds
+        lo, hi = Layout(tiles).bounds
         zz = (lo[0] + hi[0]) / 2 if z is None else float(z)
         # the plane whose voxels hold z (grid.origin is the centre of plane 0)
         k = int(np.floor((zz - grid.origin[0]) / grid.voxel_size[0] + 0.5 + 1e-9))

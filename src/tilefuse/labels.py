@@ -23,15 +23,16 @@ from tqdm import tqdm
 
 from tilefuse.errors import LabelError
 from tilefuse.geometry import nearest_indices_separable
+from tilefuse.layout import Layout
 
 if TYPE_CHECKING:
     import os
+    from collections.abc import Sequence
 
     from numpy.typing import NDArray
 
     from tilefuse.source import Region
     from tilefuse.tile import Tile
-    from tilefuse.tileset import Tileset
 
 __all__ = ["LabelMapping", "LabelTable", "MappedSource", "check_label_dtype", "dedup_labels"]
 
@@ -193,9 +194,9 @@ class LabelMapping:
             msg = f"tile {tile}: {exc}"
             raise LabelError(msg) from None
 
-    def check(self, tileset: Tileset) -> None:
-        """Raise `LabelError` unless ``tileset`` is the one this mapping was computed on."""
-        got = [{"name": t.name, "shape": list(t.shape)} for t in tileset]
+    def check(self, tiles: Sequence[Tile]) -> None:
+        """Raise `LabelError` unless ``tiles`` are the ones this mapping was computed on."""
+        got = [{"name": t.name, "shape": list(t.shape)} for t in tiles]
         if got != self.tiles:
             msg = (
                 f"this label mapping was computed on {len(self.tiles)} tiles "
@@ -204,18 +205,19 @@ class LabelMapping:
             )
             raise LabelError(msg)
 
-    def apply(self, tileset: Tileset) -> Tileset:
-        """A tileset whose tiles read global IDs (the mapping is applied lazily on read)."""
+    def apply(self, tiles: Sequence[Tile]) -> list[Tile]:
+        """The tiles reading global IDs (the mapping is applied lazily on read).
+
+        ``Tileset(mapping.apply(ts), ts.voxel_size)`` is the mapped tileset;
+        `Tileset.fuse_labels` does this for you with ``mapping=``.
+        """
         import dataclasses
 
-        from tilefuse.tileset import Tileset
-
-        self.check(tileset)
-        tiles = [
+        self.check(tiles)
+        return [
             dataclasses.replace(t, source=MappedSource(t.source, self.luts[i], self.dtype))
-            for i, t in enumerate(tileset)
+            for i, t in enumerate(tiles)
         ]
-        return Tileset(tiles, tileset.voxel_size)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Save to a ``.npz`` file (LUTs, merges and JSON metadata)."""
@@ -347,7 +349,7 @@ def _pair_links(
 
 
 def dedup_labels(
-    tileset: Tileset,
+    tiles: Sequence[Tile],
     *,
     min_overlap_voxels: int = 1,
     min_overlap_fraction: float = 0.5,
@@ -358,7 +360,7 @@ def dedup_labels(
 
     Parameters
     ----------
-    tileset : Tileset
+    tiles : sequence of Tile
         Axis-aligned tiles of per-tile label images (integers, 0 = background),
         each numbered independently.
     min_overlap_voxels : int
@@ -390,7 +392,7 @@ def dedup_labels(
         If a tile has a non-integer dtype or negative labels, or tiles are
         rotated or of different voxel sizes.
     """
-    tiles = list(tileset)
+    tiles = list(tiles)
     present = [
         _tile_labels(t) for t in tqdm(tiles, desc="scan labels", disable=not progress, leave=False)
     ]
@@ -399,7 +401,7 @@ def dedup_labels(
     edges_a: list[NDArray[np.int64]] = []
     edges_b: list[NDArray[np.int64]] = []
     merges: list[NDArray[np.int64]] = []
-    overlaps = tileset.overlaps()
+    overlaps = Layout(tiles).overlaps()
     for o in tqdm(overlaps, desc="link overlaps", disable=not progress, leave=False):
         ti, tj = tiles[o.i], tiles[o.j]
         regions = _overlap_pair_regions(ti, tj, o.slices_i)

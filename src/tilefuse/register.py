@@ -28,13 +28,15 @@ from scipy.sparse.csgraph import connected_components
 from scipy.sparse.linalg import splu
 
 from tilefuse.errors import IncompatibleTilesError
+from tilefuse.layout import Layout
 
 if TYPE_CHECKING:
     import os
+    from collections.abc import Sequence
 
-    from numpy.typing import NDArray
+    from numpy.typing import ArrayLike, NDArray
 
-    from tilefuse.tileset import Tileset
+    from tilefuse.tile import Tile
 
 __all__ = ["PRESETS", "Link", "RegistrationReport", "pairwise_shift", "register"]
 
@@ -86,7 +88,7 @@ class RegistrationReport:
             for k in self.links
         ]
 
-    def to_png(self, path: str | os.PathLike[str], tileset: Tileset | None = None) -> Any:
+    def to_png(self, path: str | os.PathLike[str], tileset: Sequence[Tile] | None = None) -> Any:
         """Draw tiles (y-x boxes at the new positions) and links coloured by NCC (red: dropped)."""
         from tilefuse._optional import require
 
@@ -279,8 +281,9 @@ def pairwise_shift(
 
 
 def register(
-    tileset: Tileset,
+    tiles: Sequence[Tile],
     *,
+    voxel_size: ArrayLike | None = None,
     channel: int = 0,
     downsample: tuple[int, int, int] | None = None,
     min_ncc: float = 0.5,
@@ -288,13 +291,16 @@ def register(
     preset: Literal["strict", "relaxed"] = "strict",
     thresholds: tuple[float, float] | None = None,
     progress: bool = False,
-) -> tuple[Tileset, RegistrationReport]:
+) -> tuple[list[Tile], RegistrationReport]:
     """Register the tiles: pairwise phase correlation plus global optimisation.
 
     Parameters
     ----------
-    tileset : Tileset
+    tiles : sequence of Tile
         Axis-aligned tiles at their nominal positions (overlaps are taken from these).
+    voxel_size : array_like of 3 floats, optional
+        The voxel size (z, y, x) the absolute threshold is counted in (default:
+        the first tile's).
     channel : int
         Channel to register on.
     downsample : tuple of 3 ints, optional
@@ -313,17 +319,18 @@ def register(
 
     Returns
     -------
-    (Tileset, RegistrationReport)
+    (list of Tile, RegistrationReport)
         The tiles at their registered positions, and what happened.
     """
     from tqdm import tqdm
 
-    _check_axis_aligned(tileset)
-    work = tileset.select_channels([channel]) if tileset.n_channels > 1 else tileset
+    tiles = list(tiles)
+    _check_axis_aligned(tiles)
+    work = [t.select_channels([channel]) if t.n_channels > 1 else t for t in tiles]
     if downsample is not None:
-        work = work.downscale(downsample, method="mean")
+        work = [t.downscale(downsample, method="mean") for t in work]
     links: list[Link] = []
-    for o in tqdm(work.overlaps(), desc="pairwise", disable=not progress, leave=False):
+    for o in tqdm(Layout(work).overlaps(), desc="pairwise", disable=not progress, leave=False):
         ti, tj = work[o.i], work[o.j]
         a, b = ti.read(o.slices_i, channel=0), tj.read(o.slices_j, channel=0)
         if a.shape != b.shape:  # fractional positions: compare the common part
@@ -337,21 +344,22 @@ def register(
         shift_um = shift * ti.voxel_size + (start_i - start_j)
         links.append(Link(o.i, o.j, shift_um, ncc, n, kept=ncc >= min_ncc))
     rel, abs_vox = thresholds or PRESETS[preset]
-    abs_um = abs_vox * float(np.min(tileset.voxel_size))
-    errors = _optimise(len(tileset), links, rel, abs_um)
-    before = tileset.offsets
+    vs = tiles[0].voxel_size if voxel_size is None else np.asarray(voxel_size, dtype=float)
+    abs_um = abs_vox * float(np.min(vs))
+    errors = _optimise(len(tiles), links, rel, abs_um)
+    before = np.array([t.offset for t in tiles], dtype=float).reshape(len(tiles), 3)
     after = before + errors
-    report = RegistrationReport(links, before, after, _tile_residuals(len(tileset), links))
+    report = RegistrationReport(links, before, after, _tile_residuals(len(tiles), links))
     logger.info(
         "%d links, %d kept; largest correction %.3g um",
         len(links),
         sum(k.kept for k in links),
         float(np.abs(errors).max(initial=0.0)),
     )
-    return tileset.with_offsets(after), report
+    return [t.with_offset(o) for t, o in zip(tiles, after, strict=True)], report
 
 
-def _check_axis_aligned(tileset: Tileset) -> None:
+def _check_axis_aligned(tileset: Sequence[Tile]) -> None:
     """Refuse tiles the translation-only maths cannot register (rotation, shear, mixed voxels)."""
     vs0 = tileset[0].voxel_size if len(tileset) else None
     for t in tileset:

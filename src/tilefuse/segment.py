@@ -2,8 +2,9 @@
 
 `map_tiles` runs ``func`` on each tile, either on the whole tile or block by
 block with a halo (like ``dask.array.map_overlap`` / harpy's ``map_image``),
-writes each result once to a zarr store, and returns a `Tileset` with the same
-placements whose tiles read those results lazily: ready for `dedup_labels`.
+writes each result once to a zarr store, and returns tiles with the same
+placements that read those results lazily (`Tileset.map_tiles` wraps them in a
+`Tileset`): ready for `dedup_labels`.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
     from numpy.typing import NDArray
 
     from tilefuse.tile import Tile
-    from tilefuse.tileset import Tileset
 
 __all__ = ["map_tiles"]
 
@@ -104,7 +104,7 @@ class _TileTask:
 
 
 def map_tiles(
-    tileset: Tileset,
+    tiles: Sequence[Tile],
     func: Callable[[NDArray[Any]], NDArray[Any]],
     *,
     store: str | os.PathLike[str] | None = None,
@@ -114,12 +114,12 @@ def map_tiles(
     merge_blocks: bool = True,
     workers: int | None = None,
     progress: bool = False,
-) -> Tileset:
-    """Apply ``func`` to every tile and return the results as a tileset.
+) -> list[Tile]:
+    """Apply ``func`` to every tile and return the results as tiles.
 
     Parameters
     ----------
-    tileset : Tileset
+    tiles : sequence of Tile
         Input tiles.
     func : callable
         Takes a tile's pixels as `Tile.read` returns them (``(z, y, x)``, or
@@ -146,35 +146,34 @@ def map_tiles(
 
     Returns
     -------
-    Tileset
+    list of Tile
         Same tiles, names and placements; pixels read lazily from the store.
     """
-    from tilefuse.tileset import Tileset
-
+    tiles = list(tiles)
     root = Path(store) if store is not None else Path(tempfile.mkdtemp(prefix="tilefuse-map-"))
     if store is not None and root.exists() and any(root.iterdir()):
         msg = f"map_tiles store exists and is not empty: {root}"
         raise OutputExistsError(msg)
     group = zarr.open_group(str(root), mode="a")
-    task = _TileTask(list(tileset), func, group, dtype, block, halo, merge_blocks)
+    task = _TileTask(tiles, func, group, dtype, block, halo, merge_blocks)
     names: dict[int, str] = {}
     for i, name in imap_unordered(
         task,
-        list(range(len(tileset))),
+        list(range(len(tiles))),
         workers=workers,
         progress=progress,
         desc="map tiles",
         unit="tile",
     ):
         names[i] = name
-    tiles = [
+    out = [
         dataclasses.replace(
             t,
             source=ArraySource(zarr.open_array(str(root / names[i]), mode="r")),
             channels=(),
             metadata={**t.metadata, "store": str(root), "array": names[i]},
         )
-        for i, t in enumerate(tileset)
+        for i, t in enumerate(tiles)
     ]
-    logger.info("mapped %d tiles into %s", len(tiles), root)
-    return Tileset(tiles, tileset.voxel_size)
+    logger.info("mapped %d tiles into %s", len(out), root)
+    return out

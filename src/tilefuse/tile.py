@@ -12,7 +12,7 @@ from tilefuse.geometry import affine_from_offset, box_of, is_translation
 from tilefuse.source import ArraySource, PixelSource, normalize_region
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
 
     from numpy.typing import ArrayLike, NDArray
 
@@ -190,6 +190,17 @@ class Tile:
             self,
             source=DownscaledSource(self.source, f, method),
             affine=a,  # type: ignore[arg-type]
+        )
+
+    def select_channels(self, indices: Sequence[int]) -> Tile:
+        """A copy with only the channels ``indices``, in that order (read lazily)."""
+        from tilefuse.source import ChannelSubset
+
+        idx = [int(i) for i in indices]
+        return dataclasses.replace(
+            self,
+            source=ChannelSubset(self.source, idx),
+            channels=tuple(self.channels[i] for i in idx),
         )
 
     def with_offset(self, offset: ArrayLike) -> Tile:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, overload
@@ -18,13 +17,8 @@ from tilefuse.errors import (
     IncompatibleTilesError,
     StoreError,
 )
-from tilefuse.geometry import (
-    INTEGER_TOL,
-    boxes_of,
-    overlapping_pairs,
-    voxel_slices,
-)
 from tilefuse.io.positions import parse_offsets as _parse_offsets
+from tilefuse.layout import Layout, Overlap
 from tilefuse.options import ExecOptions, FusionOptions, OutputOptions, with_overrides
 from tilefuse.tile import Tile
 
@@ -35,42 +29,13 @@ if TYPE_CHECKING:
     from tilefuse.correction import Corrections
     from tilefuse.io.ome_zarr import MultiScaleGroup
     from tilefuse.labels import LabelMapping
+    from tilefuse.objects import ObjectTable
+    from tilefuse.register import RegistrationReport
+    from tilefuse.surfaces import Surfaces
 
 __all__ = ["Overlap", "Tileset"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Overlap:
-    """The intersection of two tiles.
-
-    Attributes
-    ----------
-    i, j : int
-        Tile indices, ``i < j``.
-    lo, hi : ndarray
-        World box (z, y, x) of the intersection, micrometres, half-open.
-    slices_i, slices_j : tuple of slice
-        Voxel slices (z, y, x) of tiles ``i`` and ``j`` covering the intersection.
-    """
-
-    i: int
-    j: int
-    lo: NDArray[np.float64]
-    hi: NDArray[np.float64]
-    slices_i: tuple[slice, ...]
-    slices_j: tuple[slice, ...]
-
-    @property
-    def size(self) -> NDArray[np.float64]:
-        """Extent (z, y, x) of the intersection in micrometres."""
-        return self.hi - self.lo
-
-    @property
-    def volume(self) -> float:
-        """Intersection volume in cubic micrometres (area for 2D tiles of unit z)."""
-        return float(np.prod(self.size))
 
 
 class Tileset(Sequence[Tile]):
@@ -335,10 +300,10 @@ class Tileset(Sequence[Tile]):
             and reused by `to_bigstitcher_xml`, `load_positions` and
             registration output.
         """
-        from tilefuse.io.project import tileset_from_spimdata
+        from tilefuse.io.project import tiles_from_spimdata
 
-        return tileset_from_spimdata(
-            xml, timepoint=timepoint, angle=angle, world_unit_um=world_unit_um
+        return cls(
+            tiles_from_spimdata(xml, timepoint=timepoint, angle=angle, world_unit_um=world_unit_um)
         )
 
     def to_bdv(
@@ -425,7 +390,8 @@ class Tileset(Sequence[Tile]):
         """
         from tilefuse.io.project import load_positions
 
-        return load_positions(self, xml, timepoint=timepoint, world_unit_um=world_unit_um)
+        tiles = load_positions(self._tiles, xml, timepoint=timepoint, world_unit_um=world_unit_um)
+        return Tileset(tiles, self.voxel_size)
 
     @classmethod
     def from_tileconfig(
@@ -561,34 +527,63 @@ class Tileset(Sequence[Tile]):
     @property
     def offsets(self) -> NDArray[np.float64]:
         """Offsets (n, 3), (z, y, x) micrometres."""
-        return self._placement["offset"].copy()
+        return self._layout.placement["offset"].copy()
 
     @property
     def bounds(self) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         """World box ``(lo, hi)`` covering every tile."""
-        lo, hi = self._boxes
-        return lo.min(axis=0), hi.max(axis=0)
+        return self._layout.bounds
 
     # -- registration -------------------------------------------------------------------------
-    def register(self, **options: Any) -> tuple[Tileset, Any]:
+    def register(
+        self,
+        *,
+        channel: int = 0,
+        downsample: tuple[int, int, int] | None = None,
+        min_ncc: float = 0.5,
+        n_peaks: int = 5,
+        preset: Literal["strict", "relaxed"] = "strict",
+        thresholds: tuple[float, float] | None = None,
+        progress: bool = False,
+    ) -> tuple[Tileset, RegistrationReport]:
         """Register the tiles (pairwise phase correlation + global optimisation).
 
         Returns ``(registered_tileset, report)``; see `tilefuse.register.register`
-        for the options (``channel``, ``downsample``, ``min_ncc``, ``preset``, ...).
+        for the parameters.
         """
         from tilefuse.register import register
 
-        return register(self, **options)
+        tiles, report = register(
+            self._tiles,
+            voxel_size=self.voxel_size,
+            channel=channel,
+            downsample=downsample,
+            min_ncc=min_ncc,
+            n_peaks=n_peaks,
+            preset=preset,
+            thresholds=thresholds,
+            progress=progress,
+        )
+        return Tileset(tiles, self.voxel_size), report
 
     # -- intensity, previews, surfaces ------------------------------------------------------
-    def intensity_range(self, p: Sequence[float] = (1.0, 99.9), **options: Any) -> NDArray[Any]:
+    def intensity_range(
+        self,
+        p: Sequence[float] = (1.0, 99.9),
+        *,
+        max_samples: int = 2_000_000,
+        planes_per_tile: int = 4,
+        seed: int = 0,
+    ) -> NDArray[Any]:
         """Global intensity percentiles ``(c, 2)`` from a bounded sample of all tiles.
 
-        See `tilefuse.intensity.intensity_range` (``max_samples``, ``planes_per_tile``, ``seed``).
+        See `tilefuse.intensity.intensity_range` for the parameters.
         """
         from tilefuse.intensity import intensity_range
 
-        return intensity_range(self, p, **options)
+        return intensity_range(
+            self._tiles, p, max_samples=max_samples, planes_per_tile=planes_per_tile, seed=seed
+        )
 
     def scale_intensity(
         self,
@@ -688,19 +683,49 @@ class Tileset(Sequence[Tile]):
 
         return seam_metric(self._tiles, self.overlaps(), channel, **options)
 
-    def preview(self, **options: Any) -> NDArray[Any]:
+    def preview(
+        self,
+        *,
+        z: float | None = None,
+        projection: Literal["max"] | None = None,
+        downsample: int = 4,
+        blend: str = "overwrite",
+    ) -> NDArray[Any]:
         """A 2D mosaic at a world z, or a max projection; see `tilefuse.intensity.preview`."""
         from tilefuse.intensity import preview
 
-        return preview(self, **options)
+        return preview(
+            self._tiles,
+            voxel_size=self.voxel_size,
+            z=z,
+            projection=projection,
+            downsample=downsample,
+            blend=blend,
+        )
 
-    def surfaces(self, threshold: float, **options: Any) -> list[Any]:
+    def surfaces(
+        self,
+        threshold: float,
+        *,
+        channel: int = 0,
+        coverslip: Literal["top", "bottom"] = "bottom",
+        block_rows: int = 64,
+    ) -> list[Surfaces]:
         """Top, bottom and contact height maps per tile (`tilefuse.surfaces.tile_surfaces`)."""
         from tilefuse.surfaces import tile_surfaces
 
-        return [tile_surfaces(t, threshold, **options) for t in self._tiles]
+        return [
+            tile_surfaces(t, threshold, channel=channel, coverslip=coverslip, block_rows=block_rows)
+            for t in self._tiles
+        ]
 
-    def centroids(self, **options: Any) -> dict[int, Any]:
+    def centroids(
+        self,
+        *,
+        block: tuple[int, int, int] = (64, 512, 512),
+        workers: int | None = None,
+        progress: bool = False,
+    ) -> dict[int, ObjectTable]:
         """Per label tile: its objects' centroids etc. in world micrometres.
 
         Returns ``{tile index: ObjectTable}`` computed block-wise from each
@@ -709,13 +734,18 @@ class Tileset(Sequence[Tile]):
         """
         from tilefuse.objects import object_table
 
-        out = {}
+        out: dict[int, ObjectTable] = {}
         for t in self._tiles:
             if not t.is_translation:
                 msg = f"centroids need axis-aligned tiles; {t.name!r} is rotated"
                 raise ValueError(msg)
             out[t.index] = object_table(
-                _TileLabels(t), voxel_size=t.voxel_size, origin=t.offset, **options
+                _TileLabels(t),
+                voxel_size=t.voxel_size,
+                origin=t.offset,
+                block=block,
+                workers=workers,
+                progress=progress,
             )
         return out
 
@@ -726,8 +756,6 @@ class Tileset(Sequence[Tile]):
 
     def select_channels(self, channels: Sequence[int | str]) -> Tileset:
         """A tileset with only some channels (given by index or name), in that order."""
-        from tilefuse.source import ChannelSubset
-
         names = list(self._tiles[0].channels)
         idx = []
         for c in channels:
@@ -738,13 +766,7 @@ class Tileset(Sequence[Tile]):
                 idx.append(names.index(c))
             else:
                 idx.append(int(c))
-        tiles = [
-            dataclasses.replace(
-                t, source=ChannelSubset(t.source, idx), channels=tuple(t.channels[i] for i in idx)
-            )
-            for t in self._tiles
-        ]
-        return Tileset(tiles, self.voxel_size)
+        return Tileset([t.select_channels(idx) for t in self._tiles], self.voxel_size)
 
     def downscale(self, factors: Any, method: Literal["mean", "stride"] = "mean") -> Tileset:
         """Every tile read at lower resolution; voxel size and positions stay consistent.
@@ -767,64 +789,18 @@ class Tileset(Sequence[Tile]):
 
         Uses a uniform grid index over the tiles' world boxes, so cost grows with
         the number of tiles and true neighbours, not with its square; boxes
-        and voxel slices of axis-aligned tiles are computed vectorised.
+        and voxel slices of axis-aligned tiles are computed vectorised
+        (`tilefuse.layout.Layout`).
 
         Returns
         -------
         list of Overlap
         """
-        lo, hi = self._boxes
-        pairs = overlapping_pairs(lo, hi)
-        if not len(pairs):
-            return []
-        i, j = pairs[:, 0], pairs[:, 1]
-        olo, ohi = np.maximum(lo[i], lo[j]), np.minimum(hi[i], hi[j])
-        si = self._voxel_ranges(i, olo, ohi)
-        sj = self._voxel_ranges(j, olo, ohi)
-        return [
-            Overlap(int(a), int(b), bl, bh, x, y)
-            for a, b, bl, bh, x, y in zip(i, j, olo, ohi, si, sj, strict=True)
-        ]
+        return self._layout.overlaps()
 
     @cached_property
-    def _boxes(self) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        p = self._placement
-        return boxes_of(p["affine"], p["shape"])
-
-    @cached_property
-    def _placement(self) -> dict[str, NDArray[Any]]:
-        """Per-tile affines, offsets, voxel sizes, shapes and axis-alignment, as arrays."""
-        aff = np.stack([t.affine for t in self._tiles])
-        lin = aff[:, :3, :3]
-        diag = np.diagonal(lin, axis1=1, axis2=2)
-        off_diag = lin - diag[:, :, None] * np.eye(3)
-        return {
-            "affine": aff,
-            "offset": aff[:, :3, 3],
-            "voxel_size": np.linalg.norm(lin, axis=1),
-            "shape": np.array([t.shape for t in self._tiles]),
-            "axis_aligned": np.all(np.abs(off_diag) <= 1e-9, axis=(1, 2))
-            & np.all(diag > 0, axis=1),
-        }
-
-    def _voxel_ranges(
-        self, idx: NDArray[np.intp], lo: NDArray[np.float64], hi: NDArray[np.float64]
-    ) -> list[tuple[slice, ...]]:
-        """Voxel slices of tiles ``idx`` covering world boxes ``[lo, hi)`` (one per row)."""
-        tiles, p = self._tiles, self._placement
-        axis_aligned = p["axis_aligned"][idx]
-        offs, vs, shape = p["offset"][idx], p["voxel_size"][idx], p["shape"][idx]
-        # voxel i covers [i - 1/2, i + 1/2) in index space (voxel centres at integers)
-        start = np.clip(np.floor((lo - offs) / vs + 0.5 + INTEGER_TOL), 0, shape).astype(int)
-        stop = np.clip(np.ceil((hi - offs) / vs + 0.5 - INTEGER_TOL), 0, shape).astype(int)
-        out: list[tuple[slice, ...]] = []
-        for k, (a, b) in enumerate(zip(start.tolist(), stop.tolist(), strict=True)):
-            if axis_aligned[k]:
-                out.append((slice(a[0], b[0]), slice(a[1], b[1]), slice(a[2], b[2])))
-            else:
-                t = tiles[idx[k]]
-                out.append(voxel_slices(t.affine, t.shape, lo[k], hi[k]))
-        return out
+    def _layout(self) -> Layout:
+        return Layout(self._tiles)
 
     # -- fusion -------------------------------------------------------------------------
     @overload
@@ -923,15 +899,27 @@ class Tileset(Sequence[Tile]):
         return result  # type: ignore[no-any-return]
 
     # -- labels -------------------------------------------------------------------------
-    def dedup_labels(self, **rules: Any) -> LabelMapping:
+    def dedup_labels(
+        self,
+        *,
+        min_overlap_voxels: int = 1,
+        min_overlap_fraction: float = 0.5,
+        mutual_best: bool = False,
+        progress: bool = False,
+    ) -> LabelMapping:
         """Give every object spanning several label tiles one global ID.
 
-        See `tilefuse.labels.dedup_labels` for the rules (``min_overlap_voxels``,
-        ``min_overlap_fraction``, ``mutual_best``) and the returned mapping.
+        See `tilefuse.labels.dedup_labels` for the rules and the returned mapping.
         """
         from tilefuse.labels import dedup_labels
 
-        return dedup_labels(self, **rules)
+        return dedup_labels(
+            self._tiles,
+            min_overlap_voxels=min_overlap_voxels,
+            min_overlap_fraction=min_overlap_fraction,
+            mutual_best=mutual_best,
+            progress=progress,
+        )
 
     def fuse_labels(
         self,
@@ -1011,7 +999,7 @@ class Tileset(Sequence[Tile]):
             exec_options, ExecOptions, workers=workers, client=client, progress=progress
         )
         check_label_dtype(self.dtype, "fuse_labels")
-        ts = mapping.apply(self) if mapping is not None else self
+        ts = Tileset(mapping.apply(self._tiles), self.voxel_size) if mapping is not None else self
         image = None
         if output is not None and Path(output).exists():
             try:
@@ -1032,15 +1020,37 @@ class Tileset(Sequence[Tile]):
         plan = FusionPlan.from_options(ts.tiles, fusion, grid=grid)
         return fuse_tiles(plan, OmeZarrLabelsWriter(image, out.name or "labels", out), ex)  # type: ignore[no-any-return]
 
-    def map_tiles(self, func: Any, **options: Any) -> Tileset:
+    def map_tiles(
+        self,
+        func: Callable[[NDArray[Any]], NDArray[Any]],
+        *,
+        store: str | os.PathLike[str] | None = None,
+        dtype: Any = None,
+        block: tuple[int, int, int] | None = None,
+        halo: int = 0,
+        merge_blocks: bool = True,
+        workers: int | None = None,
+        progress: bool = False,
+    ) -> Tileset:
         """Apply ``func`` (e.g. a segmentation) to every tile; results staged to zarr.
 
-        See `tilefuse.segment.map_tiles` for the options (``store``, ``dtype``,
-        ``block``, ``halo``, ``merge_blocks``, ``workers``, ``progress``).
+        See `tilefuse.segment.map_tiles` for the parameters. Returns the same
+        tiles and placements, reading the results lazily.
         """
         from tilefuse.segment import map_tiles
 
-        return map_tiles(self, func, **options)
+        tiles = map_tiles(
+            self._tiles,
+            func,
+            store=store,
+            dtype=dtype,
+            block=block,
+            halo=halo,
+            merge_blocks=merge_blocks,
+            workers=workers,
+            progress=progress,
+        )
+        return Tileset(tiles, self.voxel_size)
 
     def local_to_global(self, points: ArrayLike) -> NDArray[np.float64]:
         """World positions (z, y, x) in micrometres of tile-local voxel points.
@@ -1064,7 +1074,7 @@ class Tileset(Sequence[Tile]):
         if np.any(idx < 0) or np.any(idx >= len(self)) or np.any(idx != p[:, 0]):
             msg = f"tile indices must be integers in [0, {len(self)}); got {np.unique(p[:, 0])}"
             raise ValueError(msg)
-        aff = self._placement["affine"][idx]
+        aff = self._layout.placement["affine"][idx]
         return np.einsum("nij,nj->ni", aff[:, :3, :3], p[:, 1:]) + aff[:, :3, 3]
 
     def summary(self) -> dict[str, Any]:

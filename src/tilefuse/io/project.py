@@ -26,15 +26,17 @@ from tilefuse.errors import MissingTileError, OutputExistsError, UnsupportedForm
 from tilefuse.options import OutputOptions
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from numpy.typing import NDArray
 
     from tilefuse.source import Region
-    from tilefuse.tileset import Tileset
+    from tilefuse.tile import Tile
 
 __all__ = [
     "UnreadableSource",
     "load_positions",
-    "tileset_from_spimdata",
+    "tiles_from_spimdata",
     "tileset_to_bdv",
     "tileset_to_xml",
 ]
@@ -71,17 +73,16 @@ class UnreadableSource:
         raise self.error(self.reason)
 
 
-def tileset_from_spimdata(
+def tiles_from_spimdata(
     xml: str | os.PathLike[str],
     *,
     timepoint: int | None = None,
     angle: int | None = None,
     world_unit_um: Any = None,
-) -> Tileset:
-    """Build a `Tileset` from a SpimData XML; see `tilefuse.Tileset.from_bigstitcher`."""
+) -> list[Tile]:
+    """The tiles of a SpimData XML; see `tilefuse.Tileset.from_bigstitcher`."""
     from tilefuse.io.spimdata import check_world_unit, read_spimdata
     from tilefuse.tile import Tile
-    from tilefuse.tileset import Tileset
 
     sd = read_spimdata(xml)
     given = None if world_unit_um is None else check_world_unit(world_unit_um, sd.path)
@@ -117,7 +118,7 @@ def tileset_from_spimdata(
                 },
             )
         )
-    return Tileset(tiles)
+    return tiles
 
 
 def _channel_name(sd: Any, setup: int) -> str:
@@ -219,7 +220,7 @@ def _zgroup_indices(element: Any, tp: int, setup: int) -> tuple[int, ...] | None
 
 
 def tileset_to_bdv(
-    tileset: Tileset, path: str | os.PathLike[str], options: OutputOptions | None = None
+    tileset: Sequence[Tile], path: str | os.PathLike[str], options: OutputOptions | None = None
 ) -> tuple[Path, Path]:
     """Export every tile as its own BDV setup (tile attribute, position as registration).
 
@@ -240,7 +241,7 @@ def tileset_to_bdv(
     )
 
 
-def _tile_views(tileset: Tileset) -> list[Any]:
+def _tile_views(tileset: Sequence[Tile]) -> list[Any]:
     """One BDV view per tile and channel (setup ids in that order)."""
     from tilefuse.io.bdv import BdvView
 
@@ -266,7 +267,7 @@ def _tile_views(tileset: Tileset) -> list[Any]:
 
 
 def tileset_to_xml(
-    tileset: Tileset,
+    tileset: Sequence[Tile],
     path: str | os.PathLike[str],
     *,
     image_path: str | os.PathLike[str] | None = None,
@@ -349,18 +350,17 @@ def _world_unit(tile: Any, sd: Any) -> NDArray[np.float64]:
 
 
 def load_positions(
-    tileset: Tileset,
+    tileset: Sequence[Tile],
     xml: str | os.PathLike[str],
     *,
     timepoint: int | None = None,
     world_unit_um: Any = None,
-) -> Tileset:
-    """Placements from a project for an existing tileset; see `Tileset.load_positions`."""
+) -> list[Tile]:
+    """The tiles placed as in a project; see `Tileset.load_positions`."""
     import dataclasses
 
     from tilefuse.errors import IncompatibleTilesError
     from tilefuse.io.spimdata import check_world_unit, read_spimdata
-    from tilefuse.tileset import Tileset
 
     sd = read_spimdata(xml)
     given = None if world_unit_um is None else check_world_unit(world_unit_um, sd.path)
@@ -393,7 +393,7 @@ def load_positions(
         meta = {**t.metadata, "world_unit_um": [float(u) for u in unit]}
         affine = sd.placement_zyx(tp, groups[tid][0], world_unit_um=unit)
         tiles.append(dataclasses.replace(t, affine=affine, metadata=meta))
-    return Tileset(tiles, tileset.voxel_size)
+    return tiles
 
 
 class _TileChannel:
