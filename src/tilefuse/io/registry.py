@@ -396,7 +396,7 @@ def _open_bigstitcher(
 ) -> Any:
     """A BigStitcher/BDV project from its XML, or from the ``.h5`` beside it."""
     xml = path if path.suffix.lower() == ".xml" else path.with_suffix(".xml")
-    opener = _import("tilefuse.io.project:tileset_from_spimdata")
+    opener = _import("tilefuse.io.project:tiles_from_spimdata")
     return opener(xml, timepoint=timepoint, angle=angle, world_unit_um=world_unit_um)
 
 
