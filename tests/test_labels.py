@@ -130,6 +130,11 @@ def test_mapping_save_load_and_lazy_apply(tmp_path):
     mapped = back.apply(ts)
     t0 = mapped[0].read()
     np.testing.assert_array_equal(t0, mapping.luts[0][ts[0].read()])
+    relabelled = ts.relabel(back)
+    assert isinstance(relabelled, Tileset)
+    np.testing.assert_array_equal(relabelled.offsets, ts.offsets)
+    for k in range(len(ts)):
+        np.testing.assert_array_equal(relabelled[k].read(), mapping.luts[k][ts[k].read()])
 
 
 def test_fused_labels_into_image_store(tmp_path):

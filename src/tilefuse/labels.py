@@ -208,8 +208,8 @@ class LabelMapping:
     def apply(self, tiles: Sequence[Tile]) -> list[Tile]:
         """The tiles reading global IDs (the mapping is applied lazily on read).
 
-        ``Tileset(mapping.apply(ts), ts.voxel_size)`` is the mapped tileset;
-        `Tileset.fuse_labels` does this for you with ``mapping=``.
+        `Tileset.relabel` wraps them in a `Tileset`; `Tileset.fuse_labels`
+        applies a mapping itself with ``mapping=``.
         """
         import dataclasses
 

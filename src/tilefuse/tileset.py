@@ -921,6 +921,16 @@ class Tileset(Sequence[Tile]):
             progress=progress,
         )
 
+    def relabel(self, mapping: LabelMapping) -> Tileset:
+        """The tiles reading global IDs from ``mapping`` (from `dedup_labels`), lazily.
+
+        Raises
+        ------
+        LabelError
+            If ``mapping`` was computed on other tiles.
+        """
+        return Tileset(mapping.apply(self._tiles), self.voxel_size)
+
     def fuse_labels(
         self,
         output: str | os.PathLike[str] | None = None,
@@ -999,7 +1009,7 @@ class Tileset(Sequence[Tile]):
             exec_options, ExecOptions, workers=workers, client=client, progress=progress
         )
         check_label_dtype(self.dtype, "fuse_labels")
-        ts = Tileset(mapping.apply(self._tiles), self.voxel_size) if mapping is not None else self
+        ts = self.relabel(mapping) if mapping is not None else self
         image = None
         if output is not None and Path(output).exists():
             try:
