@@ -276,40 +276,76 @@ def cmd_export_bdv(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_size(text: str) -> float:
+    """``"2GB"``, ``"500M"``, ``"1.5g"`` or a plain number of bytes -> bytes."""
+    import re
+
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)i?b?\s*", text.lower())
+    if not m:
+        msg = f"--size: expected a size such as 500MB or 2GB, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return float(m.group(1)) * 1000 ** " kmgt".index(m.group(2) or " ")
+
+
+def _matches_sample(group: Any, sample: Any, block: int = 256) -> bool:
+    """Compare level 0 of ``group`` with ``sample``, one (z, block, block) column at a time."""
+    nz, ny, nx = sample.shape
+    if tuple(group[0].shape) != (nz, ny, nx):
+        return False
+    for y in range(0, ny, block):
+        for x in range(0, nx, block):
+            region = (slice(0, nz), slice(y, min(y + block, ny)), slice(x, min(x + block, nx)))
+            if not np.array_equal(group.read(region), sample.image(region)):
+                logger.error("fused block %s differs from the ground truth", region)
+                return False
+    return True
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Generate the synthetic mosaic and stitch it."""
-    from tilefuse.demo import write_demo
+    from tilefuse.demo import DEFAULT_TILE_SHAPE, tile_shape_for_size, write_demo
     from tilefuse.tileset import Tileset
 
     folder = Path(args.folder)
-    demo = write_demo(folder, grid=(args.rows, args.cols), seed=args.seed)
-    ts = Tileset.from_tileconfig(demo.tileconfig, voxel_size=(0.4, 0.17, 0.17))
-    logger.info("%r, %d overlapping pairs", ts, len(ts.overlaps()))
+    grid = (args.rows, args.cols)
+    tile_shape = tile_shape_for_size(args.size, grid) if args.size else DEFAULT_TILE_SHAPE
+    t0 = time.perf_counter()
+    demo = write_demo(folder, grid=grid, tile_shape=tile_shape, seed=args.seed)
+    vs = (0.4, 0.17, 0.17)
+    ts = Tileset.from_tileconfig(demo.tileconfig, voxel_size=vs)
+    logger.info(
+        "wrote %r in %.1f s, %d overlapping pairs",
+        ts,
+        time.perf_counter() - t0,
+        len(ts.overlaps()),
+    )
     out = folder / "fused.ome.zarr"
     t0 = time.perf_counter()
+    progress = not args.no_progress
     group = ts.fuse(
         out,
         blend="linear",
         levels=3,
         workers=args.workers,
-        progress=not args.no_progress,
+        progress=progress,
         overwrite=True,
         name="demo",
     )
-    labels_ts = Tileset.from_tileconfig(demo.labels_tileconfig, voxel_size=(0.4, 0.17, 0.17))
-    mapping = labels_ts.dedup_labels()
-    cells = labels_ts.fuse_labels(out, mapping=mapping, name="cells")
-    n_true = len(np.unique(demo.labels)) - 1
-    fused = group.read()
-    exact = bool(np.array_equal(fused, demo.volume))
+    labels_ts = Tileset.from_tileconfig(demo.labels_tileconfig, voxel_size=vs)
+    mapping = labels_ts.dedup_labels(progress=progress)
+    cells = labels_ts.fuse_labels(
+        out, mapping=mapping, name="cells", workers=args.workers, progress=progress
+    )
+    n_true = demo.sample.n_objects
+    exact = _matches_sample(group, demo.sample)
     logger.info(
         "fused %s into %s in %.1f s; equals the ground-truth volume: %s",
-        fused.shape,
+        tuple(group[0].shape),
         out,
         time.perf_counter() - t0,
         exact,
     )
-    _out(f"demo tiles:     {demo.tileconfig}")
+    _out(f"demo tiles:     {demo.tileconfig} ({len(ts)} tiles of {tile_shape})")
     _out(f"label tiles:    {demo.labels_tileconfig} ({len(labels_ts)} tiles, per-tile ids)")
     _out(
         f"objects:        {mapping.n_objects} after dedup ({n_true} in the ground truth), "
@@ -318,6 +354,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _out(f"fused OME-Zarr: {out} (levels {[tuple(a.shape) for a in group.levels]})")
     _out(f"matches ground truth exactly: {exact}")
     return 0 if exact and mapping.n_objects == n_true else 1
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show each option's default, unless it is None/False or the help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+            return text
+        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -491,13 +537,29 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--no-progress", action="store_true")
     sp.set_defaults(func=cmd_export_bdv)
 
-    sp = sub.add_parser("demo", help="generate a synthetic mosaic and stitch it")
-    sp.add_argument("folder", help="output folder")
-    sp.add_argument("--rows", type=int, default=3)
-    sp.add_argument("--cols", type=int, default=3)
-    sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--workers", type=int, default=None)
-    sp.add_argument("--no-progress", action="store_true")
+    sp = sub.add_parser(
+        "demo",
+        help="generate a synthetic mosaic and stitch it",
+        description="Write a synthetic ExM-like mosaic (TIFF tiles, per-tile labels, Fiji "
+        "TileConfiguration files) into FOLDER, stitch it into FOLDER/fused.ome.zarr, "
+        "deduplicate the labels into its labels/cells, and check both against the ground "
+        "truth (exit 1 if they differ). More rows/columns make a bigger sample; tiles are "
+        "generated and checked block by block, so memory does not grow with --size.",
+        formatter_class=_HelpFormatter,
+    )
+    sp.add_argument("folder", help="output folder (created; its demo files are replaced)")
+    sp.add_argument("--rows", type=int, default=3, help="tile rows (y)")
+    sp.add_argument("--cols", type=int, default=3, help="tile columns (x)")
+    sp.add_argument(
+        "--size",
+        type=_parse_size,
+        default=None,
+        help="total size of the image tiles, e.g. 500MB or 2GB (sets the tile size; "
+        "default: tiles of 40 x 192 x 192 voxels)",
+    )
+    sp.add_argument("--seed", type=int, default=0, help="random seed of the sample")
+    sp.add_argument("--workers", type=int, default=None, help="threads (default: all CPUs)")
+    sp.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     sp.set_defaults(func=cmd_demo)
     return p
 
