@@ -251,28 +251,20 @@ def cmd_dedup(args: argparse.Namespace) -> int:
 
 def cmd_export_bdv(args: argparse.Namespace) -> int:
     """Export tiles (for BigStitcher) or the fused volume as BigDataViewer HDF5 + XML."""
-    import shutil
-    import tempfile
-
     ts = _open(args)
     out = Path(args.output)
     if not args.fused:
         h5, xml = ts.to_bdv(out, output_options=_output_options(args))
         _out(f"{len(ts)} tiles -> {h5} + {xml} (open the XML in BigStitcher)")
         return 0
-    scratch = Path(
-        tempfile.mkdtemp(prefix="tilefuse-export-", dir=out.parent if out.parent.exists() else None)
+    h5, xml = ts.to_bdv(
+        out,
+        fused=True,
+        options=_fusion_options(args),
+        output_options=_output_options(args),
+        exec_options=_exec_options(args),
     )
-    try:
-        group = ts.fuse(
-            scratch / "fused.ome.zarr",
-            options=_fusion_options(args),
-            exec_options=_exec_options(args),
-        )
-        h5, xml = group.to_bdv(out, levels=args.levels, overwrite=args.overwrite)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    _out(f"fused {tuple(group[0].shape)} -> {h5} + {xml} (open the XML in BigDataViewer)")
+    _out(f"fused {len(ts)} tiles -> {h5} + {xml} (open the XML in BigDataViewer)")
     return 0
 
 

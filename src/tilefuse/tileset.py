@@ -310,38 +310,81 @@ class Tileset(Sequence[Tile]):
         self,
         path: str | os.PathLike[str],
         *,
+        fused: bool = False,
+        options: FusionOptions | None = None,
         output_options: OutputOptions | None = None,
+        exec_options: ExecOptions | None = None,
+        blend: str | Blend | None = None,
         levels: int | None = None,
         chunks: Sequence[int] | None = None,
         compression: Literal["default", "fast", "archive", "none"] | None = None,
+        name: str | None = None,
         overwrite: bool | None = None,
+        workers: int | None = None,
+        client: Any = None,
+        progress: bool | None = None,
     ) -> tuple[Path, Path]:
-        """Export each tile as its own BigDataViewer setup (for BigStitcher): HDF5 + XML.
+        """Export to BigDataViewer HDF5 + XML: each tile as a setup, or the fused volume.
 
-        Tiles become setups with tile (and channel) attributes; positions are
-        written as their registration. Returns the ``.h5`` and ``.xml`` paths.
+        Without ``fused``, tiles become setups with tile (and channel)
+        attributes and their positions are written as their registration (for
+        BigStitcher). With ``fused``, the tiles are fused block by block
+        straight into the HDF5 file (one setup per channel; no intermediate
+        store), then its pyramid is computed.
 
         Parameters
         ----------
         path : str or PathLike
             The ``.h5`` file (the ``.xml`` goes beside it).
-        output_options : OutputOptions, optional
-            ``levels`` (a cap on BigDataViewer's proposal), ``chunks`` (HDF5
-            chunk), ``compression`` (gzip level) and ``overwrite`` apply.
-        levels, chunks, compression, overwrite
-            Override those fields of ``output_options``.
-        """
-        from tilefuse.io.project import tileset_to_bdv
+        fused : bool
+            Export the fused volume instead of the tiles.
+        options, output_options, exec_options : optional
+            The settings objects (see `fuse`). ``options`` applies only with
+            ``fused``. Of `OutputOptions`, ``levels`` (a cap on BigDataViewer's
+            proposal), ``chunks`` (HDF5 chunk), ``compression`` (gzip level),
+            ``name`` (fused setup name) and ``overwrite`` apply.
+        blend
+            `FusionOptions.blend` (with ``fused``).
+        levels, chunks, compression, name, overwrite
+            `OutputOptions` fields.
+        workers, client, progress
+            `ExecOptions` fields (with ``fused``).
 
+        Returns
+        -------
+        (Path, Path)
+            The ``.h5`` and ``.xml`` files.
+
+        Raises
+        ------
+        OutputExistsError
+            If a file exists and ``overwrite`` is false.
+        """
         out = with_overrides(
             output_options,
             OutputOptions,
             levels=levels,
             chunks=chunks,
             compression=compression,
+            name=name,
             overwrite=overwrite,
         )
-        return tileset_to_bdv(self, path, out)
+        if not fused:
+            if options is not None or blend is not None:
+                msg = "fusion settings (options=, blend=) apply only with fused=True"
+                raise ValueError(msg)
+            from tilefuse.io.project import tileset_to_bdv
+
+            return tileset_to_bdv(self, path, out)
+        from tilefuse.fuse import FusionPlan, fuse_tiles
+        from tilefuse.writers import BdvWriter
+
+        fusion = with_overrides(options, FusionOptions, blend=blend)
+        ex = with_overrides(
+            exec_options, ExecOptions, workers=workers, client=client, progress=progress
+        )
+        plan = FusionPlan.from_options(self._tiles, fusion, voxel_size=self.voxel_size)
+        return fuse_tiles(plan, BdvWriter(path, out), ex)  # type: ignore[no-any-return]
 
     def to_bigstitcher_xml(
         self,

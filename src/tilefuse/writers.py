@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 
 from tilefuse.errors import OutputExistsError, StoreError
+from tilefuse.io.bdv import BdvHdf5Writer, BdvView
 from tilefuse.io.ome_zarr import MultiScaleGroup, default_chunks
 from tilefuse.options import ExecOptions, OutputOptions
 
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from numpy.typing import NDArray
 
 __all__ = [
+    "BdvWriter",
     "BlockGrid",
     "BlockWriter",
     "MemoryWriter",
@@ -340,3 +342,93 @@ class OmeZarrLabelsWriter(OmeZarrWriter):
     def default_levels(self) -> int:
         """The image's level count (the spec requires equal level counts)."""
         return self.image_levels
+
+
+class BdvWriter(BlockWriter):
+    """Write the fused volume straight into BigDataViewer HDF5 + XML.
+
+    Each channel becomes a setup (channel attribute ``c``). Blocks are
+    aligned to the HDF5 chunks and written by the calling process as workers
+    finish rendering them (HDF5 is written from one thread); the pyramid
+    (BigDataViewer's proposal, mean for images and mode for labels) is
+    computed from level 0 by `finish`. Everything goes into a temporary
+    ``.h5.partial`` renamed into place at the end, so a failed run leaves no
+    file that looks complete (and is not resumed).
+
+    Parameters
+    ----------
+    path : str or PathLike
+        The ``.h5`` file (the ``.xml`` goes beside it).
+    options : OutputOptions, optional
+        ``levels`` (a cap), ``chunks`` (HDF5 chunk), ``compression`` (gzip
+        level), ``name`` (setup name of a single channel, default
+        ``"fused"``) and ``overwrite`` apply.
+    kind : {"image", "label"}
+        Labels are downsampled by mode.
+    block : tuple of 3 ints
+        Work block (z, y, x), rounded to whole HDF5 chunks.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        options: OutputOptions | None = None,
+        *,
+        kind: Literal["image", "label"] = "image",
+        block: tuple[int, int, int] = (64, 512, 512),
+    ) -> None:
+        self.path = Path(path)
+        self.options = options or OutputOptions()
+        self.kind: Literal["image", "label"] = kind
+        self.block = block
+        self._file: BdvHdf5Writer | None = None
+
+    def begin(self, spec: VolumeSpec) -> None:
+        """Create the temporary HDF5 file with one setup per channel."""
+        opts = self.options
+        c = spec.shape[0]
+        names = (
+            list(spec.channel_names)
+            if c > 1 and spec.channel_names
+            else ([opts.name or "fused"] if c == 1 else [f"ch{i}" for i in range(c)])
+        )
+        views = [
+            BdvView.placeholder(
+                spec.spatial_shape,
+                spec.dtype,
+                spec.voxel_size,
+                spec.origin,
+                name=str(names[i]),
+                channel=i,
+                kind=self.kind,
+            )
+            for i in range(c)
+        ]
+        self._file = BdvHdf5Writer(
+            self.path,
+            views,
+            levels=opts.levels,
+            chunks=opts.chunks,
+            compression=opts.compression,
+            overwrite=opts.overwrite,
+        )
+        chunks = self._file.chunks(0)
+        bs = tuple(max(ch, (b // ch) * ch) for b, ch in zip(self.block, chunks, strict=True))
+        self._grid = BlockGrid(spec.spatial_shape, (bs[0], bs[1], bs[2]))
+
+    def write_block(self, block: Block, data: NDArray[Any]) -> None:
+        """Write every channel of a block to its setup's level 0."""
+        assert self._file is not None
+        region = self.grid.region(block)
+        for ch in range(data.shape[0]):
+            self._file.write(ch, region, data[ch])
+
+    def finish(self, execution: ExecOptions) -> tuple[Path, Path]:
+        """Build the pyramids, rename the file into place, write the XML; returns (h5, xml)."""
+        assert self._file is not None
+        return self._file.close(block=self.block)
+
+    def abort(self) -> None:
+        """Remove the temporary file."""
+        if self._file is not None:
+            self._file.abort()

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
     from numpy.typing import ArrayLike, NDArray
 
-__all__ = ["BdvView", "group_to_bdv", "propose_mipmaps", "write_bdv"]
+__all__ = ["BdvHdf5Writer", "BdvView", "group_to_bdv", "propose_mipmaps", "write_bdv"]
 
 logger = logging.getLogger(__name__)
 
@@ -194,6 +194,21 @@ class BdvView:
     tile: int = 0
     kind: Literal["image", "label"] = "image"
 
+    @classmethod
+    def placeholder(
+        cls,
+        shape: Sequence[int],
+        dtype: Any,
+        voxel_size: tuple[float, float, float],
+        origin: tuple[float, float, float] = (0.0, 0.0, 0.0),
+        **attrs: Any,
+    ) -> BdvView:
+        """A view whose pixels arrive later through `BdvHdf5Writer.write` (shape and dtype only).
+
+        ``attrs`` are the other fields (``name``, ``channel``, ``tile``, ``kind``).
+        """
+        return cls(_Shape(shape, dtype), voxel_size, origin, **attrs)
+
 
 def write_bdv(
     path: str | os.PathLike[str],
@@ -240,44 +255,142 @@ def write_bdv(
     ValueError
         If a view's dtype is not one BigDataViewer reads.
     """
-    import h5py
-
-    h5 = Path(path)
-    xml = h5.with_suffix(".xml")
-    for p in (h5, xml):
-        if p.exists() and not overwrite:
-            msg = f"output exists: {p} (pass overwrite=True to replace it)"
-            raise OutputExistsError(msg)
-    for v in views:
-        if np.dtype(v.data.dtype).name not in _BDV_TYPES:
-            msg = f"BigDataViewer cannot store {np.dtype(v.data.dtype)} (view {v.name!r})"
-            raise ValueError(msg)
-    h5.parent.mkdir(parents=True, exist_ok=True)
-    tmp = h5.with_name(h5.name + ".partial")
-    geometry = []
+    writer = BdvHdf5Writer(
+        path, views, levels=levels, chunks=chunks, compression=compression, overwrite=overwrite
+    )
     try:
-        with h5py.File(tmp, "w") as f:
-            for setup, view in enumerate(views):
-                geometry.append(_write_setup(f, setup, view, levels, chunks, block, compression))
-        os.replace(tmp, h5)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _write_xml(xml, h5.name, views)
-    return h5, xml
+        for setup, view in enumerate(views):
+            shape = tuple(int(n) for n in view.data.shape[-3:])
+            for start in itertools.product(
+                *[range(0, n, b) for n, b in zip(shape, block, strict=True)]
+            ):
+                region = tuple(
+                    slice(a, min(a + b, n)) for a, b, n in zip(start, block, shape, strict=True)
+                )
+                data = np.asarray(view.data[(..., *region)])
+                writer.write(setup, region, data.reshape([r.stop - r.start for r in region]))
+        return writer.close(block=block)
+    except BaseException:
+        writer.abort()
+        raise
 
 
-def _write_setup(
+class _Shape:
+    """Shape and dtype of a view whose pixels arrive later (`BdvHdf5Writer.write`)."""
+
+    def __init__(self, shape: Sequence[int], dtype: Any) -> None:
+        self.shape, self.dtype = tuple(int(n) for n in shape), np.dtype(dtype)
+
+
+class BdvHdf5Writer:
+    """A BigDataViewer HDF5 + XML written region by region, then its pyramid, atomically.
+
+    Level 0 of every setup is filled with `write` (in any order, one region
+    at a time, from one thread); `close` computes the lower levels from level
+    0 block by block, renames the temporary ``.h5.partial`` into place and
+    writes the XML. `abort` removes the temporary file. Until `close`
+    returns, no file at ``path`` looks complete.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        The ``.h5`` file; the XML goes next to it.
+    views : sequence of BdvView
+        One setup each; only ``data.shape`` and ``data.dtype`` are used (pass
+        `BdvView.placeholder` views when the pixels come later).
+    levels, chunks, compression, overwrite
+        As for `write_bdv`.
+
+    Raises
+    ------
+    OutputExistsError
+        If a file exists and ``overwrite`` is false.
+    ValueError
+        If a view's dtype is not one BigDataViewer reads.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        views: Sequence[BdvView],
+        *,
+        levels: int | None = None,
+        chunks: Sequence[int] | None = None,
+        compression: str = "default",
+        overwrite: bool = False,
+    ) -> None:
+        import h5py
+
+        self.h5 = Path(path)
+        self.xml = self.h5.with_suffix(".xml")
+        for p in (self.h5, self.xml):
+            if p.exists() and not overwrite:
+                msg = f"output exists: {p} (pass overwrite=True to replace it)"
+                raise OutputExistsError(msg)
+        for v in views:
+            if np.dtype(v.data.dtype).name not in _BDV_TYPES:
+                msg = f"BigDataViewer cannot store {np.dtype(v.data.dtype)} (view {v.name!r})"
+                raise ValueError(msg)
+        comp = _h5_filter(compression)
+        self.views = list(views)
+        self.h5.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.h5.with_name(self.h5.name + ".partial")
+        self._file = h5py.File(self.tmp, "w")
+        try:
+            cz = tuple(int(c) for c in chunks) if chunks is not None else None
+            self._levels = [
+                _create_setup(self._file, k, v, levels, cz, comp)  # type: ignore[arg-type]
+                for k, v in enumerate(self.views)
+            ]
+        except BaseException:
+            self.abort()
+            raise
+
+    def chunks(self, setup: int = 0) -> tuple[int, int, int]:
+        """HDF5 chunk (z, y, x) of a setup's level 0."""
+        c = self._levels[setup][0][0].chunks
+        return (int(c[0]), int(c[1]), int(c[2]))
+
+    def write(self, setup: int, region: Sequence[slice], data: NDArray[Any]) -> None:
+        """Write a (z, y, x) region of a setup's level 0."""
+        ds = self._levels[setup][0][0]
+        dt = np.dtype(self.views[setup].data.dtype)
+        data = np.asarray(data, dtype=dt)
+        ds[tuple(region)] = data.view(np.int16) if dt == np.uint16 else data
+
+    def close(self, block: Sequence[int] = (64, 512, 512)) -> tuple[Path, Path]:
+        """Compute the pyramids, put the files in place; returns (h5, xml)."""
+        try:
+            for levels, view in zip(self._levels, self.views, strict=True):
+                method = "mode" if view.kind == "label" else "mean"
+                _fill_pyramid(levels, np.dtype(view.data.dtype), method, tuple(block))
+            self._file.close()
+            os.replace(self.tmp, self.h5)
+        except BaseException:
+            self.abort()
+            raise
+        _write_xml(self.xml, self.h5.name, self.views)
+        return self.h5, self.xml
+
+    def abort(self) -> None:
+        """Close and remove the temporary file (the outputs are left as they were)."""
+        try:
+            self._file.close()
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+
+def _create_setup(
     f: Any,
     setup: int,
     view: BdvView,
     levels: int | None,
     chunks_zyx: tuple[int, int, int] | None,
-    block: tuple[int, int, int],
-    compression: str,
-) -> list[list[int]]:
-    data = view.data
-    shape = tuple(int(s) for s in data.shape[-3:])
-    dt = np.dtype(data.dtype)
+    comp: dict[str, Any],
+) -> list[tuple[Any, tuple[int, ...]]]:
+    """Create a setup's groups and (empty) level datasets; returns [(dataset, factors zyx)]."""
+    shape = tuple(int(s) for s in view.data.shape[-3:])
+    dt = np.dtype(view.data.dtype)
     store_dt = np.dtype(np.int16) if dt == np.uint16 else dt
     res, sub = propose_mipmaps(shape[::-1], view.voxel_size[::-1])
     if shape[0] == 1:  # 2D: BigStitcher's rule
@@ -291,9 +404,7 @@ def _write_setup(
     g.create_dataset("subdivisions", data=np.asarray(sub, dtype=np.int32))
     if dt != np.uint16:
         g.attrs.create("dataType", np.bytes_(dt.name))  # fixed-length ASCII, as Java writes it
-    comp = _h5_filter(compression)
-    method = "mode" if view.kind == "label" else "mean"
-    prev = None
+    out = []
     for lvl, (r, s) in enumerate(zip(res, sub, strict=True)):
         f_zyx = tuple(int(x) for x in r[::-1])
         lshape = tuple(-(-n // k) for n, k in zip(shape, f_zyx, strict=True))
@@ -301,23 +412,28 @@ def _write_setup(
         ds = f.create_dataset(
             f"t00000/s{setup:02d}/{lvl}/cells", shape=lshape, dtype=store_dt, chunks=chunks, **comp
         )
-        rel = None if prev is None else tuple(a // b for a, b in zip(f_zyx, prev[1], strict=True))
+        out.append((ds, f_zyx))
+    return out
+
+
+def _fill_pyramid(
+    levels: list[tuple[Any, tuple[int, ...]]],
+    dt: np.dtype[Any],
+    method: str,
+    block: tuple[int, ...],
+) -> None:
+    """Compute every level below 0 from the level above, block by block."""
+    for (prev, f_prev), (ds, f_zyx) in itertools.pairwise(levels):
+        rel = tuple(a // b for a, b in zip(f_zyx, f_prev, strict=True))
         for start in itertools.product(
-            *[range(0, n, b) for n, b in zip(lshape, block, strict=True)]
+            *[range(0, n, b) for n, b in zip(ds.shape, block, strict=True)]
         ):
             region = tuple(
-                slice(a, min(a + b, n)) for a, b, n in zip(start, block, lshape, strict=True)
+                slice(a, min(a + b, n)) for a, b, n in zip(start, block, ds.shape, strict=True)
             )
-            if prev is None:
-                chunk = np.asarray(data[(..., *region)]).reshape([r.stop - r.start for r in region])
-            else:
-                src = tuple(
-                    slice(x.start * k, x.stop * k) for x, k in zip(region, rel, strict=True)
-                )
-                chunk = downsample(_as_type(prev[0][src], dt), rel, method)  # type: ignore[arg-type]
-            ds[region] = chunk.view(store_dt) if dt == np.uint16 else chunk
-        prev = (ds, f_zyx)
-    return res
+            src = tuple(slice(x.start * k, x.stop * k) for x, k in zip(region, rel, strict=True))
+            chunk = downsample(_as_type(prev[src], dt), rel, method)  # type: ignore[arg-type]
+            ds[region] = chunk.view(np.int16) if dt == np.uint16 else chunk
 
 
 #: gzip level per `OutputOptions.compression` (``"gzip"``: the historical name of the default)
