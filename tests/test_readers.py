@@ -312,3 +312,37 @@ def test_new_format_opens_through_tileset_open_and_cli(npz_format, npz_mosaic, c
 def test_new_format_is_gone_after_unregistering(npz_mosaic):
     with pytest.raises(UnsupportedFormatError, match="supported inputs are"):
         Tileset.open(npz_mosaic[0])
+
+
+def test_readers_from_the_entry_point_group(monkeypatch, npz_mosaic):
+    """A package publishing a Reader under ``tilefuse.readers`` is registered on first use."""
+    import importlib.metadata
+
+    from tilefuse.io import registry
+
+    class EntryPoint:
+        def __init__(self, name, obj):
+            self.name, self.obj = name, obj
+
+        def load(self):
+            if isinstance(self.obj, Exception):
+                raise self.obj
+            return self.obj
+
+    published = [
+        EntryPoint("npz-mosaic", NPZ_READER),
+        EntryPoint("broken", ImportError("plugin not installed")),  # logged, not fatal
+        EntryPoint("not-a-reader", object()),
+    ]
+
+    def entry_points(group):
+        return published if group == registry.ENTRY_POINT_GROUP else []
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", entry_points)
+    monkeypatch.setattr(registry, "_entry_points_loaded", False)
+    try:
+        assert "npz-mosaic" in reader_names()
+        assert len(Tileset.open(npz_mosaic[0])) == 4
+        assert "broken" not in reader_names() and "not-a-reader" not in reader_names()
+    finally:
+        unregister_reader("npz-mosaic")

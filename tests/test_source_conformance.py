@@ -191,3 +191,89 @@ class TestBdvSourceReal(SourceTests):
     def source(self, case):
         path, setups, tp, level = case
         return BdvSource(path, setups, timepoint=tp, level=level)
+
+
+class TestScaledSource(SourceTests):
+    @pytest.fixture
+    def expected(self):
+        raw = _truth((2, 3, 12, 14)).astype(np.float32)
+        lo = np.array([1000.0, 5000.0]).reshape(2, 1, 1, 1)
+        hi = np.array([50000.0, 30000.0]).reshape(2, 1, 1, 1)
+        return np.rint(np.clip((raw - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
+
+    @pytest.fixture
+    def source(self):
+        from tilefuse.intensity import ScaledSource
+
+        return ScaledSource(ArraySource(_truth((2, 3, 12, 14))), [1000, 5000], [50000, 30000])
+
+
+class TestMappedSource(SourceTests):
+    @pytest.fixture
+    def lut(self):
+        return np.arange(250, dtype=np.uint32)[::-1] * 3
+
+    @pytest.fixture
+    def expected(self, lut):
+        return lut[_truth((1, 3, 11, 9), np.uint8)]
+
+    @pytest.fixture
+    def source(self, lut):
+        from tilefuse.labels import MappedSource
+
+        return MappedSource(ArraySource(_truth((1, 3, 11, 9), np.uint8)), lut, np.uint32)
+
+
+class TestCorrectedSource(SourceTests):
+    @pytest.fixture
+    def profiles(self):
+        rng = np.random.default_rng(3)
+        flat = rng.uniform(0.8, 1.2, (2, 13, 15)).astype(np.float32)
+        dark = rng.uniform(0, 20, (2, 13, 15)).astype(np.float32)
+        return flat, dark
+
+    @pytest.fixture
+    def expected(self, profiles):
+        flat, dark = profiles
+        raw = _truth((2, 3, 13, 15)).astype(np.float32)
+        out = (raw - dark[:, None]) / flat[:, None] * 0.5 + 7
+        return np.clip(np.rint(out), 0, 65535).astype(np.uint16)
+
+    @pytest.fixture
+    def source(self, profiles):
+        from tilefuse.correction import CorrectedSource
+
+        flat, dark = profiles
+        raw = ArraySource(_truth((2, 3, 13, 15)))
+        return CorrectedSource(raw, flatfield=flat, darkfield=dark, gain=0.5, offset=7)
+
+
+def test_unreadable_source_is_a_source_that_raises_on_read():
+    from tilefuse.errors import MissingTileError
+    from tilefuse.io.project import UnreadableSource
+    from tilefuse.source import Source
+
+    src = UnreadableSource((1, 2, 3, 4), "u2", "images.n5 is not here")
+    assert isinstance(src, Source) and src.shape == (1, 2, 3, 4) and src.dtype == np.uint16
+    with pytest.raises(MissingTileError, match="images.n5 is not here"):
+        src.read((slice(0, 1), slice(0, 1), slice(0, 1)))
+
+
+def test_max_open_bounds_decoded_jp2_tiles(tmp_path):
+    """At most Jp2Source.max_open tiles stay decoded; the least recently read goes first."""
+    pytest.importorskip("imagecodecs")
+    from tilefuse.io.jp2 import Jp2Source, write_jp2
+
+    tiles = [_truth((1, 2, 16, 16), seed=i)[0] for i in range(Jp2Source.max_open + 3)]
+    sources = [Jp2Source(write_jp2(tmp_path / f"t{i}.jp2", t)) for i, t in enumerate(tiles)]
+    region = (slice(0, 2), slice(0, 16), slice(0, 16))
+    for s, t in zip(sources, tiles, strict=True):
+        np.testing.assert_array_equal(s.read(region)[0], t)
+        assert sum(x.is_open for x in sources) <= Jp2Source.max_open
+    assert [x.is_open for x in sources][-Jp2Source.max_open :] == [True] * Jp2Source.max_open
+    sources[-Jp2Source.max_open].read(region)  # touch the oldest open one ...
+    sources[0].read(region)  # ... so opening the first again evicts the next oldest
+    assert sources[-Jp2Source.max_open].is_open and sources[0].is_open
+    assert not sources[-Jp2Source.max_open + 1].is_open
+    for s, t in zip(sources, tiles, strict=True):  # evicted tiles decode again on demand
+        np.testing.assert_array_equal(s.read(region)[0], t)

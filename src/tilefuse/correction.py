@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import os
-import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tilefuse.errors import CorrectionError
+from tilefuse.source import WrappedSource
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -276,7 +276,7 @@ def load_profile(
     return arr, name
 
 
-class CorrectedSource:
+class CorrectedSource(WrappedSource):
     """A source corrected on read: ``gain * (raw - dark) / flat + offset`` per channel.
 
     Parameters
@@ -312,21 +312,11 @@ class CorrectedSource:
         self.offset = (
             None if offset is None else np.broadcast_to(np.asarray(offset, float), (c,)).copy()
         )
+        self._shape = tuple(int(n) for n in source.shape)  # type: ignore[assignment]
         self._dtype = np.dtype(source.dtype if dtype is None else dtype)
         self.clipped = 0
-        self._lock = threading.Lock()
 
-    @property
-    def shape(self) -> tuple[int, int, int, int]:
-        """Shape ``(c, z, y, x)``."""
-        return self.source.shape  # type: ignore[no-any-return]
-
-    @property
-    def dtype(self) -> np.dtype[Any]:
-        """Output dtype."""
-        return self._dtype
-
-    def read(self, region: Region) -> NDArray[Any]:
+    def _read(self, region: Region) -> NDArray[Any]:
         """Read a region of corrected pixels."""
         data = np.asarray(self.source.read(region), dtype=np.float32)
         ys, xs = region[1], region[2]
@@ -343,17 +333,10 @@ class CorrectedSource:
             np.rint(data, out=data)
             n = int(np.count_nonzero((data < info.min) | (data > info.max)))
             if n:
-                with self._lock:
+                with self._src_lock:
                     self.clipped += n
                 np.clip(data, info.min, info.max, out=data)
         return data.astype(self._dtype, copy=False)
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"CorrectedSource({self.source!r})"

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from tilefuse.layout import Layout
-from tilefuse.source import full_region
+from tilefuse.source import WrappedSource, full_region
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -76,7 +76,7 @@ def intensity_range(
     )
 
 
-class ScaledSource:
+class ScaledSource(WrappedSource):
     """A source mapped lazily to uint8: ``clip((x - low) / (high - low), 0, 1) * 255``.
 
     The underlying source is never modified.
@@ -101,7 +101,7 @@ class ScaledSource:
         """uint8."""
         return np.dtype(np.uint8)
 
-    def read(self, region: Region) -> NDArray[np.uint8]:
+    def _read(self, region: Region) -> NDArray[np.uint8]:
         """Read a region and scale it to uint8."""
         data = self.source.read(region).astype(np.float32)
         lo = self.low.reshape(-1, 1, 1, 1).astype(np.float32)

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from tilefuse.errors import LabelError
 from tilefuse.geometry import nearest_indices_separable
 from tilefuse.layout import Layout
+from tilefuse.source import WrappedSource
 
 if TYPE_CHECKING:
     import os
@@ -243,7 +244,7 @@ class LabelMapping:
         return cls(luts, int(meta["n_objects"]), merges, meta["tiles"], meta["rules"])
 
 
-class MappedSource:
+class MappedSource(WrappedSource):
     """A label source read through a lookup table (local -> global IDs), lazily."""
 
     def __init__(self, source: Any, lut: LabelTable, dtype: Any) -> None:
@@ -259,7 +260,7 @@ class MappedSource:
         """Global label dtype."""
         return self._dtype
 
-    def read(self, region: Region) -> NDArray[Any]:
+    def _read(self, region: Region) -> NDArray[Any]:
         """Read a region and map it to global IDs."""
         return self.lut[self.source.read(region)].astype(self._dtype, copy=False)
 

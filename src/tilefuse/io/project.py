@@ -24,6 +24,7 @@ import numpy as np
 
 from tilefuse.errors import MissingTileError, OutputExistsError, UnsupportedFormatError
 from tilefuse.options import OutputOptions
+from tilefuse.source import Source
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -42,7 +43,7 @@ __all__ = [
 ]
 
 
-class UnreadableSource:
+class UnreadableSource(Source):
     """Shape and dtype of a view whose pixels tilefuse cannot reach; reading raises.
 
     ``error`` is the exception class raised on read (`MissingTileError` by
@@ -68,7 +69,7 @@ class UnreadableSource:
         """Assumed pixel dtype (BigDataViewer's default, uint16)."""
         return self._dtype
 
-    def read(self, region: Region) -> NDArray[Any]:
+    def _read(self, region: Region) -> NDArray[Any]:
         """Raise: the pixels are not available."""
         raise self.error(self.reason)
 
