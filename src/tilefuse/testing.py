@@ -36,24 +36,26 @@ from tilefuse.source import PixelSource, Source, full_region
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
+    from tilefuse.source import Region
+
 __all__ = ["SourceTests", "sample_regions"]
 
 
-def sample_regions(shape: tuple[int, ...], n: int = 12, seed: int = 0) -> list[tuple[slice, ...]]:
+def sample_regions(shape: tuple[int, ...], n: int = 12, seed: int = 0) -> list[Region]:
     """Regions (z, y, x) of a shape: random boxes, single voxels at the corners, edges, empties."""
     rng = np.random.default_rng(seed)
     zyx = [int(v) for v in shape[-3:]]
-    out: list[tuple[slice, ...]] = [full_region(tuple(zyx))]
+    out: list[Region] = [full_region(tuple(zyx))]
     for _ in range(n):
         box = []
         for m in zyx:
             a = int(rng.integers(0, m))
             b = int(rng.integers(a + 1, m + 1))
             box.append(slice(a, b))
-        out.append(tuple(box))
-    out.append(tuple(slice(0, 1) for _ in zyx))
-    out.append(tuple(slice(m - 1, m) for m in zyx))
-    out.append(tuple(slice(m // 2, m) for m in zyx))
+        out.append((box[0], box[1], box[2]))
+    out.append((slice(0, 1), slice(0, 1), slice(0, 1)))
+    out.append((slice(zyx[0] - 1, zyx[0]), slice(zyx[1] - 1, zyx[1]), slice(zyx[2] - 1, zyx[2])))
+    out.append((slice(zyx[0] // 2, zyx[0]), slice(zyx[1] // 2, zyx[1]), slice(zyx[2] // 2, zyx[2])))
     out.append((slice(0, zyx[0]), slice(0, 0), slice(0, zyx[2])))  # empty in y
     return out
 

@@ -94,7 +94,7 @@ def file_tiles(
     from tilefuse.geometry import affine_from_offset
     from tilefuse.tile import Tile
 
-    tiles = []
+    tiles: list[Tile] = []
     for f, o in zip(files, offsets, strict=True):
         try:
             src = make_source(f)

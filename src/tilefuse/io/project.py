@@ -57,7 +57,8 @@ class UnreadableSource(Source):
         reason: str,
         error: type[Exception] = MissingTileError,
     ) -> None:
-        self._shape, self._dtype, self.reason, self.error = shape, np.dtype(dtype), reason, error
+        self._shape = shape  # type: ignore[assignment]  # (c, z, y, x) from the caller
+        self._dtype, self.reason, self.error = np.dtype(dtype), reason, error
 
     @property
     def shape(self) -> tuple[int, int, int, int]:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,7 +130,7 @@ class Reader:
             if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
         )
 
-    def open_path(self, path: str | Path, **options: Any) -> Sequence[Tile]:
+    def open_path(self, path: str | os.PathLike[str], **options: Any) -> Sequence[Tile]:
         """Open ``path`` with this reader.
 
         Raises
@@ -235,7 +236,7 @@ def supported_inputs() -> str:
     return "\n".join(f"  {r.name:<12} {r.description}" for r in readers())
 
 
-def find_reader(path: str | Path, options: dict[str, Any] | None = None) -> Reader:
+def find_reader(path: str | os.PathLike[str], options: dict[str, Any] | None = None) -> Reader:
     """The first reader (in detection order) that accepts ``path``.
 
     Raises
@@ -262,7 +263,9 @@ def find_reader(path: str | Path, options: dict[str, Any] | None = None) -> Read
     raise UnsupportedFormatError(msg)
 
 
-def open_tiles(path: str | Path, *, format: str | None = None, **options: Any) -> Sequence[Tile]:
+def open_tiles(
+    path: str | os.PathLike[str], *, format: str | None = None, **options: Any
+) -> Sequence[Tile]:
     """Open ``path`` with the reader that recognises it (or the one named ``format``).
 
     Returns
