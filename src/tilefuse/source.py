@@ -246,7 +246,8 @@ class Lifecycle:
             if key in table and table[key]() is self:
                 table.move_to_end(key)
             elif opened or self.is_open:
-                table[key] = weakref.ref(self)
+                table[key] = weakref.ref(self)  # (replaces a dead entry whose id was reused)
+                table.move_to_end(key)
             for k in list(table):
                 if len(table) <= max(limit, 1):
                     break
