@@ -71,3 +71,36 @@ def test_nearest_and_factor_rules():
     assert downsample_factors((1, 512, 512), (1, 1, 1)) == (1, 2, 2)
     with pytest.raises(ValueError, match="method"):
         downsample(a, (2, 2, 2), "median")
+
+
+def _brute_mode(a, factors):
+    """Mode of each window by counting in plain Python (independent of the kernel).
+
+    Most frequent value among the voxels that exist; a nonzero label wins a tie against 0;
+    among tied labels the one met first in voxel (C) order.
+    """
+    from collections import Counter
+    from itertools import product
+
+    out_shape = tuple(-(-n // f) for n, f in zip(a.shape, factors, strict=True))
+    out = np.zeros(out_shape, a.dtype)
+    for idx in product(*[range(n) for n in out_shape]):
+        win = a[tuple(slice(i * f, (i + 1) * f) for i, f in zip(idx, factors, strict=True))]
+        vals = [int(v) for v in win.ravel()]
+        counts = Counter(vals)
+        best = max(counts.values())
+        tied = [v for v in dict.fromkeys(vals) if counts[v] == best]
+        nonzero = [v for v in tied if v != 0]
+        out[idx] = nonzero[0] if nonzero else 0
+    return out
+
+
+@pytest.mark.parametrize("factors", [(2, 2, 2), (1, 3, 2), (3, 3, 3), (2, 1, 4)])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_mode_matches_a_brute_force_mode(factors, seed):
+    rng = np.random.default_rng(seed)
+    # few labels and plenty of background, so ties of every kind occur; odd sizes: partial windows
+    a = rng.choice(np.array([0, 0, 3, 5, 9, 2**40 + 1], np.uint64), size=(7, 11, 13))
+    got = downsample(a, factors, "mode")
+    np.testing.assert_array_equal(got, _brute_mode(a, factors))
+    assert set(np.unique(got)) <= set(np.unique(a))

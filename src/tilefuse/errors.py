@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = [
     "CorrectionError",
     "EmptyTilesetError",
+    "GridMismatchError",
     "IncompatibleTilesError",
     "LabelError",
     "MissingTileError",
@@ -73,3 +74,7 @@ class ReaderOptionError(TilefuseError, TypeError):
 
 class CorrectionError(TilefuseError, ValueError):
     """Intensity corrections are invalid or cannot be estimated (bad flat-field, no signal)."""
+
+
+class GridMismatchError(IncompatibleTilesError):
+    """Two voxel grids that must coincide do not (voxel size, origin, shape or placement)."""

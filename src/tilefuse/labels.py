@@ -21,7 +21,7 @@ from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 from tqdm import tqdm
 
-from tilefuse.errors import LabelError
+from tilefuse.errors import GridMismatchError, LabelError
 from tilefuse.geometry import nearest_indices_separable
 from tilefuse.layout import Layout
 from tilefuse.source import WrappedSource
@@ -41,6 +41,10 @@ logger = logging.getLogger(__name__)
 
 #: z-planes read at a time when scanning a whole label tile
 _SLAB = 16
+
+
+def _fmt(v: Any) -> str:
+    return "(" + ", ".join(f"{float(x):.6g}" for x in np.asarray(v).ravel()) + ")"
 
 
 def check_label_dtype(dtype: Any, what: str) -> None:
@@ -196,15 +200,31 @@ class LabelMapping:
             raise LabelError(msg) from None
 
     def check(self, tiles: Sequence[Tile]) -> None:
-        """Raise `LabelError` unless ``tiles`` are the ones this mapping was computed on."""
+        """Raise unless ``tiles`` are the ones this mapping was computed on, placed as then.
+
+        Raises `LabelError` for other tiles (names, shapes) and
+        `GridMismatchError` for the same tiles on another voxel grid.
+        """
         got = [{"name": t.name, "shape": list(t.shape)} for t in tiles]
-        if got != self.tiles:
+        if got != [{"name": t["name"], "shape": t["shape"]} for t in self.tiles]:
             msg = (
                 f"this label mapping was computed on {len(self.tiles)} tiles "
                 f"({[t['name'] for t in self.tiles][:3]}...), not on this tileset of "
                 f"{len(got)} tiles ({[t['name'] for t in got][:3]}...)"
             )
             raise LabelError(msg)
+        # the links hold for the placements they were found at: same voxel grid per tile
+        for rec, t in zip(self.tiles, tiles, strict=True):
+            if "affine" in rec and not np.allclose(rec["affine"], t.affine, rtol=0, atol=1e-6):
+                then = np.asarray(rec["affine"], dtype=float)
+                msg = (
+                    f"tile {t.name!r} is placed on another grid than when this label mapping "
+                    f"was computed (voxel size {_fmt(np.linalg.norm(then[:3, :3], axis=0))}"
+                    f" um, voxel 0 at {_fmt(then[:3, 3])} um then; "
+                    f"{_fmt(t.voxel_size)} um at {_fmt(t.offset)} um now): links found at one "
+                    "placement do not hold at another; run dedup_labels on this tileset"
+                )
+                raise GridMismatchError(msg)
 
     def apply(self, tiles: Sequence[Tile]) -> list[Tile]:
         """The tiles reading global IDs (the mapping is applied lazily on read).
@@ -452,7 +472,10 @@ def dedup_labels(
         luts,
         n_objects,
         np.concatenate(merges) if merges else np.empty((0, 5), np.int64),
-        [{"name": t.name, "shape": list(t.shape)} for t in tiles],
+        [
+            {"name": t.name, "shape": list(t.shape), "affine": np.round(t.affine, 9).tolist()}
+            for t in tiles
+        ],
         {
             "min_overlap_voxels": min_overlap_voxels,
             "min_overlap_fraction": min_overlap_fraction,

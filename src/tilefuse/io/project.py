@@ -361,7 +361,7 @@ def load_positions(
     """The tiles placed as in a project; see `Tileset.load_positions`."""
     import dataclasses
 
-    from tilefuse.errors import IncompatibleTilesError
+    from tilefuse.errors import GridMismatchError, IncompatibleTilesError
     from tilefuse.io.spimdata import check_world_unit, read_spimdata
 
     sd = read_spimdata(xml)
@@ -382,10 +382,12 @@ def load_positions(
         setup = sd.setups[groups[tid][0]]
         if setup.size_zyx is not None and tuple(setup.size_zyx) != tuple(t.shape):
             msg = (
-                f"{sd.path}: tile {tid} is {setup.size_zyx} (z, y, x) but tile {t.name!r} "
-                f"is {t.shape}: the tiles do not correspond"
+                f"{sd.path}: tile {tid} is a grid of {tuple(setup.size_zyx)} voxels (z, y, x) "
+                f"but tile {t.name!r} is {t.shape} at {t.voxel_size.tolist()} um: the project "
+                "places other voxels (another resolution?); open the tiles at the project's "
+                "resolution (e.g. Tileset.downscale to match, or the same level)"
             )
-            raise IncompatibleTilesError(msg)
+            raise GridMismatchError(msg)
         if given is not None:
             unit = given
         elif "world_unit_um" in t.metadata:  # what the tiles were opened with
