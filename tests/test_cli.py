@@ -177,3 +177,21 @@ def test_export_bdv_per_tile_and_fused(demo, tmp_path, capsys):
     np.testing.assert_array_equal(fused[0].read(), demo.volume)
     assert not list(tmp_path.glob("tilefuse-export-*"))  # the scratch store is gone
     assert main(args) == 2  # exists: refused
+
+
+def test_dedup_into_an_image_of_another_grid_is_refused(demo, tmp_path, capsys, caplog):
+    """Labels at 1 um into an image stitched at (0.4, 0.17, 0.17) um: one line, exit 2."""
+    vs = ["--voxel-size", "0.4", "0.17", "0.17"]
+    image = tmp_path / "img.ome.zarr"
+    assert main(["stitch", str(demo.folder), "-o", str(image), *vs, "--no-progress"]) == 0
+    caplog.clear()
+    dedup = ["dedup", str(demo.labels_tileconfig), "-o", str(image), "--no-progress"]
+    assert main(dedup) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and len(errors[0].splitlines()) == 1
+    assert "grid" in errors[0] and "--resample-nearest" in errors[0]
+    assert "labels" not in MultiScaleGroup.open(image).labels  # nothing written
+    # the same labels at the image's voxel size: the exact object count
+    assert main([*dedup, *vs]) == 0
+    out = capsys.readouterr().out
+    assert f"objects:       {len(np.unique(demo.labels)) - 1} " in out

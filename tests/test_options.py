@@ -27,7 +27,7 @@ def _keywords(method):
 def test_facade_keywords_are_exactly_the_options_fields():
     assert _keywords(Tileset.fuse) == _fields(FusionOptions, OutputOptions, ExecOptions) | OBJECTS
     assert _keywords(Tileset.fuse_labels) == (
-        _fields(OutputOptions, ExecOptions) | OBJECTS | {"mapping", "rule"}
+        _fields(OutputOptions, ExecOptions) | OBJECTS | {"mapping", "rule", "resample"}
     )
     assert _keywords(Tileset.to_bdv) <= _fields(FusionOptions, OutputOptions, ExecOptions) | (
         OBJECTS | {"fused"}

@@ -304,10 +304,23 @@ class Max(Blend):
     name = "max"
 
     def combine(self, parts: Sequence[Part], ctx: BlockContext) -> NDArray[Any]:
-        """Running maximum; uncovered voxels 0."""
-        out = ctx.zeros(ctx.acc)
+        """Running maximum; uncovered voxels 0.
+
+        Parts in the output dtype (copied voxels, nearest sampling) are
+        compared in that dtype, so 64-bit integers stay exact; interpolated
+        parts go through float.
+        """
+        native = all(p.data.dtype == ctx.dtype for p in parts)
+        out = ctx.zeros(None if native else ctx.acc)
         covered = np.zeros(ctx.shape, dtype=bool)
-        out[...] = -np.inf
+        if not native:
+            out[...] = -np.inf
+        elif np.issubdtype(ctx.dtype, np.integer):
+            out[...] = np.iinfo(ctx.dtype).min
+        elif np.issubdtype(ctx.dtype, np.floating):
+            out[...] = -np.inf
+        else:
+            out[...] = np.zeros((), ctx.dtype)
         for p in parts:
             view = out[(slice(None), *p.sub)]
             cur = np.maximum(view, p.data)

@@ -237,6 +237,7 @@ def cmd_dedup(args: argparse.Namespace) -> int:
         args.output,
         mapping=mapping,
         options=FusionOptions(blend=args.rule),
+        resample="nearest" if args.resample_nearest else None,
         output_options=_output_options(args),
         exec_options=_exec_options(args),
     )
@@ -510,6 +511,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--mutual-best", action="store_true", help="link only mutual best partners")
     sp.add_argument("--rule", default="centre", choices=label_safe_names())
+    sp.add_argument(
+        "--resample-nearest",
+        action="store_true",
+        help="place labels on an existing image of another voxel grid by nearest neighbour "
+        "(default: refuse, naming both grids)",
+    )
     sp.add_argument("--levels", type=int, default=None, help="pyramid levels (default: image's)")
     sp.add_argument("--table", help="write an objects table (CSV) here")
     sp.add_argument("--mapping", help="save the per-tile ID mapping (.npz) here")

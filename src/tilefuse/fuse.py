@@ -22,7 +22,7 @@ import numpy as np
 
 from tilefuse.blend import Blend, BlockContext, Part, get_blend, ramp
 from tilefuse.errors import EmptyTilesetError, IncompatibleTilesError
-from tilefuse.geometry import INTEGER_TOL, is_translation
+from tilefuse.geometry import INTEGER_TOL, is_translation, nearest_index
 from tilefuse.options import ExecOptions, FusionOptions
 from tilefuse.parallel import imap_unordered
 from tilefuse.writers import BlockGrid, BlockWriter, VolumeSpec
@@ -55,15 +55,17 @@ class OutputGrid:
 
     @classmethod
     def covering(cls, tiles: Sequence[Tile], voxel_size: ArrayLike) -> OutputGrid:
-        """The smallest grid at ``voxel_size`` whose voxels cover every tile's box.
+        """The grid at ``voxel_size`` of every voxel whose centre lies in the tiles' boxes.
 
-        The first output voxel's extent starts at the boxes' lower corner, so
-        tiles at ``voxel_size`` on a common lattice keep their voxel centres.
+        The first output voxel's extent starts at the boxes' lower corner (so
+        tiles at ``voxel_size`` on a common lattice keep their voxel centres);
+        the last is the last whose centre is still inside the boxes' union.
         """
         vs = np.asarray(voxel_size, dtype=float)
         lo = np.min([t.box[0] for t in tiles], axis=0)
         hi = np.max([t.box[1] for t in tiles], axis=0)
-        shape = np.maximum(np.ceil((hi - lo) / vs - INTEGER_TOL), 1).astype(int)
+        # centres lo + (j + 1/2) vs < hi  ->  j < (hi - lo) / vs - 1/2
+        shape = np.maximum(np.ceil((hi - lo) / vs - 0.5 - INTEGER_TOL), 1).astype(int)
         return cls(
             tuple(float(v) for v in lo + vs / 2),  # type: ignore[arg-type]
             tuple(float(v) for v in vs),  # type: ignore[arg-type]
@@ -94,6 +96,19 @@ class FusionPlan:
         Ramp width (z, y, x) in micrometres for ``linear``.
     priority : {"last", "first"}
         For ``overwrite``: which tile wins where several have data.
+    interpolation : {"linear", "nearest"}
+        Sampling between a tile's voxel centres: linear (in float: float64, or
+        float32 for 8/16-bit data) or nearest (the tile voxel whose extent
+        holds the output voxel's centre, `tilefuse.geometry.nearest_indices`:
+        values copied, 64-bit integers exact; labels always use it).
+
+    Notes
+    -----
+    Output voxel ``j`` takes the tiles' values at its centre. Tiles at the
+    output voxel size on the output lattice are copied voxel for voxel
+    (native dtype: exact for any integer with ``overwrite``, ``max`` and
+    ``centre``); ``mean`` and ``linear`` blends and linear resampling compute
+    in float and round back to the tile dtype.
     """
 
     def __init__(
@@ -104,6 +119,7 @@ class FusionPlan:
         blend: str | Blend = "linear",
         blend_width: ArrayLike = (0.0, 0.0, 0.0),
         priority: Literal["last", "first"] = "last",
+        interpolation: Literal["linear", "nearest"] = "linear",
     ) -> None:
         if not tiles:
             msg = "cannot fuse an empty tileset"
@@ -117,6 +133,10 @@ class FusionPlan:
         self.blend = self.blend_mode.name
         self.blend_width = np.asarray(blend_width, dtype=float)
         self.priority = priority
+        if interpolation not in ("linear", "nearest"):
+            msg = f"interpolation must be 'linear' or 'nearest', got {interpolation!r}"
+            raise ValueError(msg)
+        self.interpolation = interpolation
         self.dtype = np.dtype(self.tiles[0].dtype)
         self.n_channels = self.tiles[0].n_channels
         for t in self.tiles:
@@ -169,7 +189,14 @@ class FusionPlan:
             width = default_blend_width(tiles)
         else:
             width = np.broadcast_to(np.asarray(options.blend_width, dtype=float), (3,))
-        return cls(tiles, grid, blend=options.blend, blend_width=width, priority=options.priority)
+        return cls(
+            tiles,
+            grid,
+            blend=options.blend,
+            blend_width=width,
+            priority=options.priority,
+            interpolation=options.interpolation,
+        )
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -183,6 +210,7 @@ class FusionPlan:
             "blend": self.blend,
             "width": self.blend_width.tolist(),
             "priority": self.priority,
+            "interpolation": self.interpolation,
             "dtype": self.dtype.str,
             "tiles": [[t.name, t.shape, t.affine.round(9).tolist()] for t in self.tiles],
         }
@@ -281,7 +309,13 @@ class FusionPlan:
         ]
         if any(p != (0, 0) for p in pad):
             data = np.pad(data, pad, mode="edge")
-        if any(frac):
+        if any(frac) and self.interpolation == "nearest":
+            # the tile voxel whose extent holds each output centre; values copied, never mixed
+            for ax, f in enumerate(frac):
+                if f:
+                    j = np.arange(sub[ax].stop - sub[ax].start) + f  # relative to ``base``
+                    data = np.take(data, nearest_index(j), axis=ax + 1)
+        elif any(frac):
             data = data.astype(self._acc, copy=False)
             for ax, f in enumerate(frac):
                 if f:
@@ -301,6 +335,19 @@ class FusionPlan:
             r = ramp(j + d[ax], tile.shape[ax], tile.voxel_size[ax], self.blend_width[ax])
             ramps.append(r.astype(self._acc))
         return tuple(ramps)
+
+    def _interpolate(
+        self, data: NDArray[Any], coords: NDArray[np.float64], shape: tuple[int, ...]
+    ) -> NDArray[Any]:
+        """Trilinear samples of ``data`` ``(c, ...)`` at ``coords`` (edge values repeated)."""
+        from scipy import ndimage  # only the general-affine path needs it (slow to import)
+
+        out = np.zeros((data.shape[0], *shape), dtype=self._acc)
+        for ch in range(data.shape[0]):
+            out[ch] = ndimage.map_coordinates(
+                data[ch].astype(self._acc), coords, order=1, mode="nearest"
+            )
+        return out
 
     def _samples_affine(
         self, tile: Tile, region: Region
@@ -323,15 +370,20 @@ class FusionPlan:
             return []
         lo = np.maximum(np.floor(t[:, mask].min(axis=1)).astype(int), 0)
         hi = np.minimum(np.floor(t[:, mask].max(axis=1)).astype(int) + 2, n)
-        data = tile.source.read(tuple(slice(a, b) for a, b in zip(lo, hi, strict=True)))  # type: ignore[arg-type]
-        from scipy import ndimage  # only the general-affine path needs it (slow to import)
+        if self.interpolation == "nearest":  # the labels' correspondence: no value is invented
+            idx = nearest_index(t)
+            mask &= np.all((idx >= 0) & (idx < n.reshape(3, 1, 1, 1)), axis=0)
+            if not mask.any():
+                return []
+            lo = idx[:, mask].min(axis=1)
+            hi = idx[:, mask].max(axis=1) + 1
+            data = tile.source.read(tuple(slice(a, b) for a, b in zip(lo, hi, strict=True)))  # type: ignore[arg-type]
+            rel = np.clip(idx - lo.reshape(3, 1, 1, 1), 0, (hi - lo - 1).reshape(3, 1, 1, 1))
+            out = data[:, rel[0], rel[1], rel[2]]
+        else:
+            data = tile.source.read(tuple(slice(a, b) for a, b in zip(lo, hi, strict=True)))  # type: ignore[arg-type]
+            out = self._interpolate(data, t - lo.reshape(3, 1, 1, 1), mask.shape)
 
-        coords = t - lo.reshape(3, 1, 1, 1)
-        out = np.zeros((data.shape[0], *mask.shape), dtype=self._acc)
-        for ch in range(data.shape[0]):
-            out[ch] = ndimage.map_coordinates(
-                data[ch].astype(self._acc), coords, order=1, mode="nearest"
-            )
         w = None
         if self.blend_mode.feathered:
             w = np.ones(mask.shape, dtype=self._acc)

@@ -49,16 +49,26 @@ class FusionOptions:
     voxel_size : tuple of 3 floats, optional
         Output voxel size (z, y, x) in micrometres (default: the tileset's);
         other sizes resample.
+    interpolation : {"linear", "nearest"}
+        How a tile is sampled at output voxel centres that fall between its
+        own voxel centres (fractional offsets, another voxel size, rotation):
+        ``linear`` (images; computed in float) or ``nearest`` (the voxel
+        whose extent holds the centre; values are copied, never mixed, so
+        integers stay exact). Label fusion always uses ``nearest``.
     """
 
     blend: Any = "linear"
     blend_width: float | tuple[float, float, float] | None = None
     priority: Literal["last", "first"] = "last"
     voxel_size: tuple[float, float, float] | None = None
+    interpolation: Literal["linear", "nearest"] = "linear"
 
     def __post_init__(self) -> None:
         if self.priority not in ("last", "first"):
             msg = f"priority must be 'last' or 'first', got {self.priority!r}"
+            raise ValueError(msg)
+        if self.interpolation not in ("linear", "nearest"):
+            msg = f"interpolation must be 'linear' or 'nearest', got {self.interpolation!r}"
             raise ValueError(msg)
         for key in ("blend_width", "voxel_size"):
             value = getattr(self, key)

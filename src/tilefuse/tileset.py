@@ -14,6 +14,7 @@ import numpy as np
 
 from tilefuse.errors import (
     EmptyTilesetError,
+    GridMismatchError,
     IncompatibleTilesError,
     StoreError,
 )
@@ -36,6 +37,26 @@ if TYPE_CHECKING:
 __all__ = ["Overlap", "Tileset"]
 
 logger = logging.getLogger(__name__)
+
+
+def _same_grid(a: Any, b: Any) -> bool:
+    """Whether two output grids have the same voxel size, origin and shape."""
+    vs = np.asarray(a.voxel_size, dtype=float)
+    return (
+        tuple(a.shape) == tuple(b.shape)
+        and bool(np.allclose(vs, b.voxel_size, rtol=1e-6, atol=0))
+        and bool(np.all(np.abs(np.subtract(a.origin, b.origin)) <= 1e-6 * vs))
+    )
+
+
+def _grid_text(g: Any) -> str:
+    def f(v: Any) -> str:
+        return "(" + ", ".join(f"{float(x):.6g}" for x in v) + ")"
+
+    return (
+        f"{tuple(int(s) for s in g.shape)} voxels of {f(g.voxel_size)} um "
+        f"with voxel 0 centred at {f(g.origin)} um"
+    )
 
 
 class Tileset(Sequence[Tile]):
@@ -861,6 +882,7 @@ class Tileset(Sequence[Tile]):
         blend_width: float | ArrayLike | None = None,
         priority: Literal["last", "first"] | None = None,
         voxel_size: ArrayLike | None = None,
+        interpolation: Literal["linear", "nearest"] | None = None,
         levels: int | None = None,
         chunks: Sequence[int] | None = None,
         shards: Sequence[int] | bool | None = None,
@@ -889,10 +911,13 @@ class Tileset(Sequence[Tile]):
             work block).
         options, output_options, exec_options : optional
             The settings objects (defaults: the dataclasses' defaults).
-        blend, blend_width, priority, voxel_size
+        blend, blend_width, priority, voxel_size, interpolation
             `FusionOptions` fields: blend mode (``"linear"`` by default; see
             `tilefuse.blend.blend_names`), ramp width in micrometres, which tile
-            wins for ``overwrite``, output voxel size.
+            wins for ``overwrite``, output voxel size, and how tiles are sampled
+            at output voxel centres between their own (``"linear"``, in float;
+            ``"nearest"``, values copied). Output voxel ``j`` takes the tiles'
+            values at its centre (see the Geometry guide page).
         levels, chunks, shards, version, compression, name, overwrite
             `OutputOptions` fields (``levels`` defaults to 1 here).
         workers, client, progress
@@ -920,6 +945,7 @@ class Tileset(Sequence[Tile]):
             blend_width=blend_width,
             priority=priority,
             voxel_size=voxel_size,
+            interpolation=interpolation,
         )
         out = with_overrides(
             output_options,
@@ -980,6 +1006,7 @@ class Tileset(Sequence[Tile]):
         *,
         mapping: LabelMapping | None = None,
         rule: str | Blend | None = None,
+        resample: Literal["nearest"] | None = None,
         options: FusionOptions | None = None,
         output_options: OutputOptions | None = None,
         exec_options: ExecOptions | None = None,
@@ -996,6 +1023,12 @@ class Tileset(Sequence[Tile]):
     ) -> NDArray[Any] | MultiScaleGroup:
         """Fuse label tiles without blending (each voxel keeps one tile's label).
 
+        Labels are never interpolated: each output voxel takes the label of
+        the tile voxel whose extent holds its centre (nearest neighbour, the
+        same voxel correspondence `dedup_labels` links with), so the output
+        holds only input IDs, at fractional offsets, other voxel sizes and
+        rotations alike.
+
         Parameters
         ----------
         output : str or PathLike, optional
@@ -1010,6 +1043,12 @@ class Tileset(Sequence[Tile]):
             (`tilefuse.blend.label_safe_names`). Default ``"centre"``: each
             voxel from the covering tile whose centre is nearest (a Voronoi cut
             through overlaps); ``"overwrite"``: the last tile.
+        resample : {"nearest"}, optional
+            When ``output`` is an existing image whose grid (voxel size,
+            origin, shape) differs from the grid the label tiles make, the
+            labels are refused (`GridMismatchError`, naming both grids) unless
+            this is ``"nearest"``: then they are placed on the image's grid by
+            nearest neighbour.
         options, output_options, exec_options : optional
             The settings objects (see `fuse`); ``options`` defaults to
             ``FusionOptions(blend="centre")``.
@@ -1032,6 +1071,10 @@ class Tileset(Sequence[Tile]):
         from tilefuse.writers import MemoryWriter, OmeZarrLabelsWriter, OmeZarrWriter
 
         fusion = with_overrides(options or FusionOptions(blend="centre"), FusionOptions, blend=rule)
+        fusion = dataclasses.replace(fusion, interpolation="nearest")  # labels: never interpolated
+        if resample not in (None, "nearest"):
+            msg = f"resample must be None or 'nearest', got {resample!r}"
+            raise ValueError(msg)
         if not get_blend(fusion.blend).label_safe:
             msg = f"labels must be fused with one of {label_safe_names()}, not {fusion.blend!r}"
             raise ValueError(msg)
@@ -1070,6 +1113,16 @@ class Tileset(Sequence[Tile]):
             tuple(float(v) for v in image.voxel_size),  # type: ignore[arg-type]
             tuple(int(v) for v in image[0].shape[-3:]),  # type: ignore[arg-type]
         )
+        own = OutputGrid.covering(ts.tiles, ts.voxel_size)
+        if resample is None and not _same_grid(own, grid):
+            msg = (
+                f"fusing labels into {image.path}: the image grid is {_grid_text(grid)}, the label "
+                f"tiles make {_grid_text(own)}; place the label tiles like the image's tiles "
+                "(same voxel size and positions, e.g. --voxel-size), or pass "
+                "resample='nearest' (CLI --resample-nearest) to resample them onto the "
+                "image grid by nearest neighbour"
+            )
+            raise GridMismatchError(msg)
         plan = FusionPlan.from_options(ts.tiles, fusion, grid=grid)
         return fuse_tiles(plan, OmeZarrLabelsWriter(image, out.name or "labels", out), ex)  # type: ignore[no-any-return]
 
