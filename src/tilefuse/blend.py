@@ -217,7 +217,7 @@ def part_weight(part: Part, acc: type, cell: Region | None = None) -> NDArray[An
     if w is None:
         return np.ones((1, 1, 1), dtype=acc)
     if isinstance(w, tuple):  # separable ramps: outer product over the cell only
-        out = np.ones((1, 1, 1), dtype=acc)
+        out: NDArray[Any] = np.ones((1, 1, 1), dtype=acc)
         for ax, r in enumerate(w):
             seg = r if cell is None else r[cell[ax]]
             sh = [1, 1, 1]
@@ -340,7 +340,7 @@ class Mean(Blend):
         if all(p.mask is None for p in parts):
             return blend_by_cells(parts, ctx, self._cell)
         acc = ctx.zeros(ctx.acc)
-        wsum = np.zeros(ctx.shape, dtype=ctx.acc)
+        wsum: NDArray[Any] = np.zeros(ctx.shape, dtype=ctx.acc)
         for p in parts:
             w = part_weight(p, ctx.acc)
             if p.mask is not None:

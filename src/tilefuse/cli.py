@@ -241,6 +241,7 @@ def cmd_dedup(args: argparse.Namespace) -> int:
         output_options=_output_options(args),
         exec_options=_exec_options(args),
     )
+    assert not isinstance(group, np.ndarray)  # written to args.output
     _out(f"objects:       {mapping.n_objects} (from {n_local} per-tile labels in {len(ts)} tiles)")
     _out(f"fused labels:  {group.path} (levels {[tuple(a.shape) for a in group.levels]})")
     if args.table:
@@ -329,6 +330,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cells = labels_ts.fuse_labels(
         out, mapping=mapping, name="cells", workers=args.workers, progress=progress
     )
+    assert not isinstance(cells, np.ndarray)  # written into the store
     n_true = demo.sample.n_objects
     exact = _matches_sample(group, demo.sample)
     logger.info(

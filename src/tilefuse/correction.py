@@ -506,6 +506,7 @@ def estimate_corrections(
                 ref = sol.reference
                 if it == refine or not estimated:
                     break
+                assert flat is not None  # estimated
                 if it == 0:
                     prior = flat[c].copy()
                     samples = overlap_samples(dark_only, overlaps, sol.kept, c)

@@ -86,11 +86,13 @@ def _matched(
     for z in zs:
         ri = (
             slice(si[0].start + z, si[0].start + z + 1),
-            *(slice(s.start, s.start + k) for s, k in zip(si[1:], n[1:], strict=True)),
+            slice(si[1].start, si[1].start + n[1]),
+            slice(si[2].start, si[2].start + n[2]),
         )
         rj = (
             slice(sj[0].start + z, sj[0].start + z + 1),
-            *(slice(s.start, s.start + k) for s, k in zip(sj[1:], n[1:], strict=True)),
+            slice(sj[1].start, sj[1].start + n[1]),
+            slice(sj[2].start, sj[2].start + n[2]),
         )
         a.append(np.asarray(ti.source.read(ri)[channel], dtype=np.float64).ravel())
         b.append(np.asarray(tj.source.read(rj)[channel], dtype=np.float64).ravel())

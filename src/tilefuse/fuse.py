@@ -264,7 +264,7 @@ class FusionPlan:
 
     def _samples(
         self, tile: Tile, region: Region
-    ) -> list[tuple[Region, NDArray[Any], NDArray[np.bool_] | None, NDArray[Any]]]:
+    ) -> list[tuple[Region, NDArray[Any], NDArray[np.bool_] | None, Any]]:
         """Resample a tile onto an output region.
 
         Returns a list of ``(sub_region, data, mask, weight)``: ``sub_region``
@@ -279,7 +279,7 @@ class FusionPlan:
 
     def _samples_translation(
         self, tile: Tile, region: Region
-    ) -> list[tuple[Region, NDArray[Any], NDArray[np.bool_] | None, NDArray[Any]]]:
+    ) -> list[tuple[Region, NDArray[Any], NDArray[np.bool_] | None, Any]]:
         origin, vs = np.asarray(self.grid.origin), np.asarray(self.grid.voxel_size)
         d = (origin - tile.offset) / vs  # tile index of output voxel 0
         sub, read, frac = [], [], []
@@ -351,7 +351,7 @@ class FusionPlan:
 
     def _samples_affine(
         self, tile: Tile, region: Region
-    ) -> list[tuple[Region, NDArray[Any], NDArray[np.bool_] | None, NDArray[Any]]]:
+    ) -> list[tuple[Region, NDArray[Any], NDArray[np.bool_] | None, Any]]:
         origin, vs = np.asarray(self.grid.origin), np.asarray(self.grid.voxel_size)
         grid = np.meshgrid(*[np.arange(r.start, r.stop) for r in region], indexing="ij")
         world = np.stack([origin[a] + grid[a] * vs[a] for a in range(3)])
@@ -384,7 +384,7 @@ class FusionPlan:
             data = tile.source.read(tuple(slice(a, b) for a, b in zip(lo, hi, strict=True)))  # type: ignore[arg-type]
             out = self._interpolate(data, t - lo.reshape(3, 1, 1, 1), mask.shape)
 
-        w = None
+        w: NDArray[Any] | None = None
         if self.blend_mode.feathered:
             w = np.ones(mask.shape, dtype=self._acc)
             for ax in range(3):

@@ -169,8 +169,8 @@ def _pairs_in_cells(
     for ax in range(d - 1, -1, -1):
         cells[:, ax] = first[owner, ax] + k % sp[:, ax]
         k //= sp[:, ax]
-    dims = cells.max(axis=0) + 1
-    key = np.ravel_multi_index(tuple(cells.T), tuple(int(x) for x in dims))
+    dims = np.asarray(cells.max(axis=0)) + 1
+    key = np.asarray(np.ravel_multi_index(tuple(cells.T), tuple(int(x) for x in dims)))
     order = np.argsort(key, kind="stable")
     key, owner = key[order], owner[order]
     # partners of entry e: the following entries with the same cell key

@@ -244,7 +244,7 @@ class LabelMapping:
         """Save to a ``.npz`` file (LUTs, merges and JSON metadata)."""
         path = Path(path)
         meta = {"n_objects": self.n_objects, "tiles": self.tiles, "rules": self.rules}
-        arrays = {f"keys_{i}": lut.keys for i, lut in enumerate(self.luts)}
+        arrays: dict[str, Any] = {f"keys_{i}": lut.keys for i, lut in enumerate(self.luts)}
         arrays.update({f"values_{i}": lut.values for i, lut in enumerate(self.luts)})
         np.savez_compressed(path, merges=self.merges, meta=json.dumps(meta), **arrays)
         return path if path.suffix == ".npz" else path.with_suffix(path.suffix + ".npz")

@@ -32,6 +32,7 @@ import numpy as np
 import zarr
 from scipy import sparse
 from scipy.sparse.csgraph import connected_components
+from zarr.codecs import ZstdCodec
 
 from tilefuse.errors import LabelError
 from tilefuse.labels import check_label_dtype
@@ -127,8 +128,8 @@ class _Scan:
             sparse_chunk = (idx.astype(np.int32 if flat.size < 2**31 else np.int64), vals)
         faces = {}
         for ax in range(data.ndim):
-            lo = [slice(None)] * data.ndim
-            hi = [slice(None)] * data.ndim
+            lo: list[Any] = [slice(None)] * data.ndim
+            hi: list[Any] = [slice(None)] * data.ndim
             lo[ax], hi[ax] = 0, -1
             faces[ax] = (data[tuple(lo)].copy(), data[tuple(hi)].copy())
         return {
@@ -285,7 +286,7 @@ def merge_tile_labels(
             chunks=chunks,
             dtype=source.dtype,
             fill_value=0,
-            compressors=[zarr.codecs.ZstdCodec(level=1)],
+            compressors=[ZstdCodec(level=1)],
         )
     try:
         scan = _Scan(source, grid, overlap, stage, _SPARSE_FRACTION)
@@ -392,6 +393,6 @@ def _output(
         chunks=chunks,
         dtype=dtype,
         fill_value=0,
-        compressors=[zarr.codecs.ZstdCodec(level=3)],
+        compressors=[ZstdCodec(level=3)],
         overwrite=True,
     )

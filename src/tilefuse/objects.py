@@ -139,7 +139,8 @@ def object_table(
     vs = np.asarray(voxel_size if voxel_size is not None else (1.0, 1.0, 1.0), dtype=float)
     org = np.asarray(origin if origin is not None else (0.0, 0.0, 0.0), dtype=float)
     shape = labels.shape[-3:]
-    starts = list(itertools.product(*[range(0, n, b) for n, b in zip(shape, block, strict=True)]))
+    rz, ry, rx = (range(0, n, b) for n, b in zip(shape, block, strict=True))
+    starts = list(itertools.product(rz, ry, rx))
     parts = [
         r
         for _, r in imap_unordered(

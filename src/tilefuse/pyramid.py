@@ -94,7 +94,7 @@ def _mean(a: NDArray[Any], factors: Sequence[int]) -> NDArray[Any]:
         if full[ax] < out_sp[ax]:
             face = [slice(None)] * 3
             face[ax] = slice(full[ax], None)
-            sl = (..., *face)
+            sl: tuple[Any, ...] = (..., *face)
             out[sl] = (2 * acc[sl] + count[tuple(face)]) // (2 * count[tuple(face)])
     return out
 

@@ -361,7 +361,9 @@ def register(
 
 def _check_axis_aligned(tileset: Sequence[Tile]) -> None:
     """Refuse tiles the translation-only maths cannot register (rotation, shear, mixed voxels)."""
-    vs0 = tileset[0].voxel_size if len(tileset) else None
+    if not tileset:
+        return
+    vs0 = tileset[0].voxel_size
     for t in tileset:
         if not t.is_translation:
             msg = (

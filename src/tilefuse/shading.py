@@ -121,8 +121,8 @@ def sample_planes(
         plane = np.asarray(plane[channel, 0], dtype=np.float32)
         out[n] = plane.reshape(h, f, w, f).mean(axis=(1, 3))
     # a block of f voxels sits at the mean of their centres
-    yc = np.arange(h) * f + (f - 1) / 2
-    xc = np.arange(w) * f + (f - 1) / 2
+    yc = np.arange(h, dtype=np.float64) * f + (f - 1) / 2
+    xc = np.arange(w, dtype=np.float64) * f + (f - 1) / 2
     return out, yc, xc
 
 

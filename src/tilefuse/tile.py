@@ -159,7 +159,7 @@ class Tile:
 
     def with_affine(self, affine: ArrayLike) -> Tile:
         """Copy of this tile with another placement."""
-        return dataclasses.replace(self, affine=affine)
+        return dataclasses.replace(self, affine=parse_affine(affine))
 
     def downscale(self, factors: Any, method: str = "mean") -> Tile:
         """Read this tile at lower resolution (region by region, never whole).
@@ -181,7 +181,8 @@ class Tile:
         """
         from tilefuse.source import DownscaledSource
 
-        f = tuple(int(v) for v in np.broadcast_to(np.asarray(factors), (3,)))
+        fz, fy, fx = (int(v) for v in np.broadcast_to(np.asarray(factors), (3,)))
+        f = (fz, fy, fx)
         a = np.array(self.affine)
         if method == "mean":  # new voxel 0 = mean of the centres of old voxels 0 .. f - 1
             a[:3, 3] = a[:3, :3] @ ((np.array(f, dtype=float) - 1) / 2) + a[:3, 3]

@@ -540,7 +540,7 @@ class Tileset(Sequence[Tile]):
         """
         from tilefuse.io.registry import open_tiles
 
-        tiles = open_tiles(path, format=format, **options)
+        tiles = open_tiles(Path(path), format=format, **options)
         return tiles if isinstance(tiles, Tileset) else cls(tiles)
 
     # -- sequence protocol --------------------------------------------------------------
@@ -871,7 +871,7 @@ class Tileset(Sequence[Tile]):
     def fuse(self, output: None = None, **kwargs: Any) -> NDArray[Any]: ...
     @overload
     def fuse(self, output: str | os.PathLike[str], **kwargs: Any) -> MultiScaleGroup: ...
-    def fuse(
+    def fuse(  # type: ignore[misc]  # the overloads only say what the output argument returns
         self,
         output: str | os.PathLike[str] | None = None,
         *,

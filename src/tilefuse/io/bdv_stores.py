@@ -244,7 +244,7 @@ class BdvN5:
         if dt not in N5_DATA_TYPES:
             msg = f"{where}: dataType is {dt!r}; expected one of {', '.join(N5_DATA_TYPES)}"
             raise UnsupportedFormatError(msg)
-        zyx = [(float(f[2]), float(f[1]), float(f[0])) for f in factors]
+        zyx = [(float(f[2]), float(f[1]), float(f[0])) for f in factors or ()]
         return zyx, np.dtype(dt)
 
     # -- metadata ------------------------------------------------------------------------

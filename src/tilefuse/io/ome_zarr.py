@@ -80,7 +80,7 @@ def _codecs(kind: str, zarr_format: int, compression: str) -> Any:
         cname, clevel = {"default": ("zstd", 1), "fast": ("lz4", 5), "archive": ("zstd", 5)}[
             compression
         ]
-        return [BloscCodec(cname=cname, clevel=clevel, shuffle="shuffle")]
+        return [BloscCodec(cname=cname, clevel=clevel, shuffle="shuffle")]  # type: ignore[arg-type]
     from numcodecs import Blosc, Zstd
 
     if kind == "label":
@@ -202,7 +202,7 @@ class MultiScaleGroup:
             if any(s % c for s, c in zip(shard, chunks, strict=True)):
                 msg = f"shards {shard} must be whole multiples of chunks {chunks}"
                 raise ValueError(msg)
-        group = zarr.open_group(str(path), mode="w", zarr_format=zarr_format)
+        group = zarr.open_group(str(path), mode="w", zarr_format=zarr_format)  # type: ignore[arg-type]
         n_channels = shape[0] if len(shape) == 4 else None
         info = {
             "kind": kind,
@@ -244,7 +244,7 @@ class MultiScaleGroup:
         return cls(path, group)
 
     def _reload_attrs(self) -> None:
-        attrs = dict(self.group.attrs)
+        attrs: dict[str, Any] = dict(self.group.attrs)
         self.zarr_format = int(self.group.metadata.zarr_format)
         ome = attrs.get("ome", attrs) if self.zarr_format == 3 else attrs
         self._info: dict[str, Any] = dict(attrs.get("tilefuse", {}))
@@ -252,7 +252,7 @@ class MultiScaleGroup:
         if not ms and not self._info:
             msg = f"{self.path}: zarr group has no OME 'multiscales' metadata"
             raise StoreError(msg)
-        if not self._info:  # a foreign store: derive what we need from its metadata
+        if not self._info and ms:  # a foreign store: derive what we need from its metadata
             self._info = _info_from_multiscales(ms[0], ome, self.path)
 
     # -- properties -----------------------------------------------------------------
@@ -308,8 +308,9 @@ class MultiScaleGroup:
     def __getitem__(self, level: int) -> zarr.Array:
         arr = self._arrays.get(level)
         if arr is None:
-            arr = self.group[str(level)]
-            assert isinstance(arr, zarr.Array)
+            node = self.group[str(level)]
+            assert isinstance(node, zarr.Array)
+            arr = node
             self._arrays[level] = arr
         return arr
 
@@ -367,7 +368,8 @@ class MultiScaleGroup:
         """Indices of all write blocks of a level, in C order."""
         shape = self[level].shape[-3:]
         bs = self.block_shape(level)
-        return list(itertools.product(*[range(-(-s // b)) for s, b in zip(shape, bs, strict=True)]))
+        nz, ny, nx = (-(-s // b) for s, b in zip(shape, bs, strict=True))
+        return list(itertools.product(range(nz), range(ny), range(nx)))
 
     def block_region(self, block: Block, level: int = 0) -> tuple[slice, slice, slice]:
         """Voxel region (z, y, x) of a block."""
@@ -545,7 +547,7 @@ class MultiScaleGroup:
         prev = self[level - 1]
         lf = list(self._info.get("level_factors", []))[: level - 1]
         if factors is None:
-            factors = downsample_factors(prev.shape, self.level_voxel_size(level - 1))
+            factors = downsample_factors(prev.shape, self.level_voxel_size(level - 1).tolist())
         f = tuple(int(x) for x in factors)
         shape = (*prev.shape[:-3], *(-(-s // k) for s, k in zip(prev.shape[-3:], f, strict=True)))
         self._info["level_factors"] = [*lf, list(f)]
@@ -593,13 +595,13 @@ class MultiScaleGroup:
         labels_path = self.path / "labels"
         if self.zarr_format == 3:
             lg = zarr.open_group(str(labels_path), mode="a", zarr_format=3)
-            ome = dict(lg.attrs.get("ome", {}))
+            ome: dict[str, Any] = dict(lg.attrs.get("ome", {}))  # type: ignore[arg-type]
             names = list(ome.get("labels", []))
             ome.update(version="0.5", labels=[*dict.fromkeys([*names, name])])
             lg.attrs["ome"] = ome
         else:
             lg = zarr.open_group(str(labels_path), mode="a", zarr_format=2)
-            names = list(lg.attrs.get("labels", []))
+            names = list(lg.attrs.get("labels", []))  # type: ignore[arg-type]
             lg.attrs["labels"] = [*dict.fromkeys([*names, name])]
         shape = self[0].shape
         lshape = (1, *shape[-3:]) if len(shape) == 4 else shape[-3:]
@@ -625,7 +627,7 @@ class MultiScaleGroup:
         """Names of the label images listed in ``labels/``."""
         if "labels" not in self.group:
             return []
-        attrs = self.group["labels"].attrs
+        attrs: dict[str, Any] = dict(self.group["labels"].attrs)
         lst = attrs.get("ome", {}).get("labels") if self.zarr_format == 3 else attrs.get("labels")
         return list(lst or [])
 
@@ -788,7 +790,7 @@ class _DownsampleTask(_StoreTask):
             rel = tuple(
                 slice(r.start - o.start, r.stop - o.start) for r, o in zip(sub, region, strict=True)
             )
-            out[(..., *rel)] = downsample(data, self.factors, self.method)  # type: ignore[arg-type]
+            out[(..., *rel)] = downsample(data, self.factors, self.method)  # type: ignore[arg-type,index]
         group.write_block(region, out, self.level)
 
 

@@ -31,7 +31,7 @@ __all__ = ["OmeZarrSource", "find_images", "image_tile", "open_ome_zarr"]
 
 
 def _multiscales(group: zarr.Group) -> list[dict[str, Any]] | None:
-    attrs = dict(group.attrs)
+    attrs: dict[str, Any] = dict(group.attrs)
     ms = attrs.get("ome", {}).get("multiscales") if "ome" in attrs else attrs.get("multiscales")
     return ms if isinstance(ms, list) and ms else None
 

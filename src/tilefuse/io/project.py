@@ -284,7 +284,7 @@ def tileset_to_xml(
     path = Path(path)
     sources = {t.metadata.get("xml") for t in tileset}
     if len(sources) == 1 and None not in sources and all("setups" in t.metadata for t in tileset):
-        sd = read_spimdata(sources.pop())  # a round trip of the project the tiles came from
+        sd = read_spimdata(str(sources.pop()))  # a round trip of the project the tiles came from
         added: dict[tuple[int, int], tuple[str, Any]] = {}
         for t in tileset:
             tp, setups = t.metadata["timepoint"], t.metadata["setups"]
