@@ -86,3 +86,90 @@ def test_cluster_streams_and_a_lost_worker_costs_only_in_flight_tasks(tmp_path, 
     assert 0 <= recomputed <= window
     # the client kept no finished futures
     assert not client.futures
+
+
+@pytest.fixture
+def cli_cluster():
+    """A scheduler and two single-threaded worker processes started like a user would (CLI)."""
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    dask_cli = shutil.which("dask") or pytest.fail("the dask command is missing (distributed)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    common = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    procs = [
+        subprocess.Popen(
+            [dask_cli, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+            **common,
+        )
+    ]
+    try:
+        procs.append(
+            subprocess.Popen(
+                [dask_cli, "worker", address, "--nworkers", "2", "--nthreads", "1",
+                 "--no-dashboard", "--host", "127.0.0.1"],
+                **common,
+            )
+        )  # fmt: skip
+        with distributed.Client(address, timeout="30s") as c:
+            c.wait_for_workers(2, timeout=60)
+        yield address
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        del sys, time
+
+
+@pytest.mark.slow
+def test_cli_scheduler_matches_threads_byte_for_byte(tmp_path, cli_cluster):
+    from tilefuse.cli import main
+    from tilefuse.io.tileconfig import write_tileconfig
+
+    vol, _ = make_volume((12, 150, 160), seed=8)
+    m = cut_tiles(vol, (2, 2), overlap=0.2)
+    files = [write_tiff(tmp_path / f"t{i}.tif", t) for i, t in enumerate(m.tiles)]
+    cfg = write_tileconfig(
+        tmp_path / "TileConfiguration.txt", [f.name for f in files], m.offsets_px
+    )
+    common = [str(cfg), "--voxel-size", "1", "1", "1", "--levels", "2", "--no-progress"]
+    assert main(["stitch", *common, "-o", str(tmp_path / "t.ome.zarr"), "--workers", "2"]) == 0
+    out = tmp_path / "d.ome.zarr"
+    assert main(["stitch", *common, "-o", str(out), "--scheduler", cli_cluster]) == 0
+    a, b = store_bytes(tmp_path / "t.ome.zarr"), store_bytes(out)
+    assert a.keys() == b.keys() and a == b
+    # register with the cluster too: same links as threads
+    xml_t, xml_d = tmp_path / "t.xml", tmp_path / "d.xml"
+    assert main(["register", *common[:5], "-o", str(xml_t), "--no-progress"]) == 0
+    assert main(["register", *common[:5], "-o", str(xml_d), "--scheduler", cli_cluster,
+                 "--no-progress"]) == 0  # fmt: skip
+    t, d = Tileset.open(xml_t), Tileset.open(xml_d)
+    np.testing.assert_allclose(t.offsets, d.offsets, atol=1e-9)
+
+
+def test_cli_scheduler_unreachable_is_one_clear_error(tmp_path, caplog, monkeypatch):
+    import socket
+
+    from tilefuse import cli
+    from tilefuse.cli import main
+
+    monkeypatch.setattr(cli, "SCHEDULER_TIMEOUT", "2s")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there
+    vol, _ = make_volume((4, 40, 40), seed=1)
+    f = write_tiff(tmp_path / "a.tif", vol)
+    args = ["stitch", str(f), "-o", str(tmp_path / "x.ome.zarr"), "--no-progress"]
+    assert main([*args, "--scheduler", f"tcp://127.0.0.1:{port}"]) == 2
+    assert "--scheduler" in caplog.text and f"127.0.0.1:{port}" in caplog.text
+    assert not (tmp_path / "x.ome.zarr").exists()

@@ -146,8 +146,28 @@ def _output_options(args: argparse.Namespace, **defaults: Any) -> OutputOptions:
 def _exec_options(args: argparse.Namespace) -> ExecOptions:
     """`ExecOptions` from the command's arguments."""
     return ExecOptions(
-        workers=getattr(args, "workers", None), progress=not getattr(args, "no_progress", False)
+        workers=getattr(args, "workers", None),
+        client=getattr(args, "client", None),
+        progress=not getattr(args, "no_progress", False),
     )
+
+
+#: how long ``--scheduler`` waits for the scheduler to answer
+SCHEDULER_TIMEOUT = "20s"
+
+
+def _connect(address: str) -> Any:
+    """A dask.distributed Client for ``--scheduler ADDRESS`` (a clear error when unreachable)."""
+    try:
+        from distributed import Client
+    except ImportError as exc:
+        msg = "--scheduler needs dask.distributed: pip install 'tilefuse[distributed]'"
+        raise TilefuseError(msg) from exc
+    try:
+        return Client(address, timeout=SCHEDULER_TIMEOUT)
+    except (OSError, TimeoutError) as exc:
+        msg = f"cannot reach the dask scheduler at {address} (--scheduler): {exc}"
+        raise TilefuseError(msg) from None
 
 
 def _fmt(v: Sequence[float]) -> str:
@@ -159,6 +179,8 @@ def _register(ts: Tileset, args: argparse.Namespace) -> tuple[Tileset, Any]:
         channel=args.channel,
         preset=args.preset,
         min_ncc=args.min_ncc,
+        workers=getattr(args, "workers", None),
+        client=getattr(args, "client", None),
         progress=not getattr(args, "no_progress", False),
     )
     kept = sum(k.kept for k in report.links)
@@ -245,7 +267,7 @@ def cmd_dedup(args: argparse.Namespace) -> int:
     _out(f"objects:       {mapping.n_objects} (from {n_local} per-tile labels in {len(ts)} tiles)")
     _out(f"fused labels:  {group.path} (levels {[tuple(a.shape) for a in group.levels]})")
     if args.table:
-        table = object_table(group, workers=args.workers)
+        table = object_table(group, workers=args.workers, client=args.client)
         table.to_csv(args.table)
         _out(f"objects table: {args.table} ({len(table)} rows)")
     return 0
@@ -414,6 +436,14 @@ def build_parser() -> argparse.ArgumentParser:
             "calibration transform, or the voxel size when there is none (pixel world)",
         )
 
+    def add_scheduler(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--scheduler",
+            metavar="ADDRESS",
+            help="run on this dask.distributed scheduler (e.g. tcp://10.0.0.5:8786) instead of "
+            "local threads; see docs/cluster.md",
+        )
+
     def add_registration(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--channel", type=int, default=0, help="channel to register on")
         sp.add_argument("--preset", default="strict", choices=["strict", "relaxed"])
@@ -469,6 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="output codec: blosc-zstd1 (default), blosc-lz4 (fast), blosc-zstd5 (archive)",
     )
     sp.add_argument("--workers", type=int, default=None, help="threads (default: all CPUs)")
+    add_scheduler(sp)
     sp.add_argument("--overwrite", action="store_true", help="replace an existing output")
     sp.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_registration(sp)
@@ -490,6 +521,10 @@ def build_parser() -> argparse.ArgumentParser:
         "StitchingResults; otherwise a new project with per-tile BDV-HDF5 beside it)",
     )
     add_registration(sp)
+    sp.add_argument(
+        "--workers", type=int, default=None, help="threads for the pairwise step (default: all)"
+    )
+    add_scheduler(sp)
     sp.add_argument("--report-png", help="draw tiles and links coloured by quality here")
     sp.add_argument("--overwrite", action="store_true")
     sp.add_argument("--no-progress", action="store_true")
@@ -523,6 +558,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--table", help="write an objects table (CSV) here")
     sp.add_argument("--mapping", help="save the per-tile ID mapping (.npz) here")
     sp.add_argument("--workers", type=int, default=None)
+    add_scheduler(sp)
     sp.add_argument("--overwrite", action="store_true")
     sp.add_argument("--no-progress", action="store_true")
     sp.set_defaults(func=cmd_dedup)
@@ -534,6 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--blend", default=FusionOptions.blend, choices=blend_names())
     sp.add_argument("--levels", type=int, default=None, help="max pyramid levels (default: BDV's)")
     sp.add_argument("--workers", type=int, default=None)
+    add_scheduler(sp)
     sp.add_argument("--overwrite", action="store_true")
     sp.add_argument("--no-progress", action="store_true")
     sp.set_defaults(func=cmd_export_bdv)
@@ -572,11 +609,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    args.client = None
     try:
+        if getattr(args, "scheduler", None):
+            args.client = _connect(args.scheduler)
         return int(args.func(args))
     except TilefuseError as e:
         logger.error("%s", e)
         return 2
+    finally:
+        if args.client is not None:
+            args.client.close()
 
 
 if __name__ == "__main__":  # pragma: no cover

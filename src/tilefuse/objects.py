@@ -106,6 +106,7 @@ def object_table(
     origin: ArrayLike | None = None,
     block: tuple[int, int, int] = (64, 512, 512),
     workers: int | None = None,
+    client: Any = None,
     progress: bool = False,
 ) -> ObjectTable:
     """Voxel count, bounding box and centroid of every object, in world micrometres.
@@ -121,6 +122,9 @@ def object_table(
         Block size of the scan (memory is about one block per worker).
     workers : int, optional
         Threads.
+    client : distributed.Client, optional
+        Scan on this dask cluster instead (``labels`` must then be a store the
+        workers can open, e.g. a `MultiScaleGroup` on a shared filesystem).
     progress : bool
         Show a progress bar.
 
@@ -144,7 +148,12 @@ def object_table(
     parts = [
         r
         for _, r in imap_unordered(
-            _StatsTask(labels, block), starts, workers=workers, progress=progress, desc="objects"
+            _StatsTask(labels, block),
+            starts,
+            workers=workers,
+            client=client,
+            progress=progress,
+            desc="objects",
         )
     ]
     ids = np.concatenate([p[0] for p in parts])

@@ -29,6 +29,7 @@ from scipy.sparse.linalg import splu
 
 from tilefuse.errors import IncompatibleTilesError
 from tilefuse.layout import Layout
+from tilefuse.parallel import imap_unordered
 
 if TYPE_CHECKING:
     import os
@@ -290,6 +291,8 @@ def register(
     n_peaks: int = 5,
     preset: Literal["strict", "relaxed"] = "strict",
     thresholds: tuple[float, float] | None = None,
+    workers: int | None = None,
+    client: Any = None,
     progress: bool = False,
 ) -> tuple[list[Tile], RegistrationReport]:
     """Register the tiles: pairwise phase correlation plus global optimisation.
@@ -314,6 +317,11 @@ def register(
         3.5 voxels, or 3.5 / 7).
     thresholds : (float, float), optional
         Explicit (relative, absolute in voxels) thresholds.
+    workers : int, optional
+        Threads for the pairwise step (default: the CPUs available).
+    client : distributed.Client, optional
+        Run the pairwise step on this dask cluster instead (each task reads
+        only its pair's overlap regions).
     progress : bool
         Show a progress bar over pairs.
 
@@ -322,27 +330,25 @@ def register(
     (list of Tile, RegistrationReport)
         The tiles at their registered positions, and what happened.
     """
-    from tqdm import tqdm
-
     tiles = list(tiles)
     _check_axis_aligned(tiles)
     work = [t.select_channels([channel]) if t.n_channels > 1 else t for t in tiles]
     if downsample is not None:
         work = [t.downscale(downsample, method="mean") for t in work]
-    links: list[Link] = []
-    for o in tqdm(Layout(work).overlaps(), desc="pairwise", disable=not progress, leave=False):
-        ti, tj = work[o.i], work[o.j]
-        a, b = ti.read(o.slices_i, channel=0), tj.read(o.slices_j, channel=0)
-        if a.shape != b.shape:  # fractional positions: compare the common part
-            common = tuple(min(x, y) for x, y in zip(a.shape, b.shape, strict=True))
-            a = a[tuple(slice(0, c) for c in common)]
-            b = b[tuple(slice(0, c) for c in common)]
-        shift, ncc, n = pairwise_shift(a, b, n_peaks=n_peaks)
-        # the two views start at slightly different world points when positions are fractional
-        start_i = ti.offset + np.array([s.start for s in o.slices_i]) * ti.voxel_size
-        start_j = tj.offset + np.array([s.start for s in o.slices_j]) * tj.voxel_size
-        shift_um = shift * ti.voxel_size + (start_i - start_j)
-        links.append(Link(o.i, o.j, shift_um, ncc, n, kept=ncc >= min_ncc))
+    overlaps = Layout(work).overlaps()
+    task = _PairTask(work, overlaps, n_peaks, min_ncc)
+    found = dict(
+        imap_unordered(
+            task,
+            range(len(overlaps)),
+            workers=workers,
+            client=client,
+            progress=progress,
+            desc="pairwise",
+            unit="pair",
+        )
+    )
+    links = [found[k] for k in range(len(overlaps))]
     rel, abs_vox = thresholds or PRESETS[preset]
     vs = tiles[0].voxel_size if voxel_size is None else np.asarray(voxel_size, dtype=float)
     abs_um = abs_vox * float(np.min(vs))
@@ -357,6 +363,28 @@ def register(
         float(np.abs(errors).max(initial=0.0)),
     )
     return [t.with_offset(o) for t, o in zip(tiles, after, strict=True)], report
+
+
+class _PairTask:
+    """One pairwise step: read both tiles' views of an overlap, correlate, return the link."""
+
+    def __init__(self, tiles: list[Any], overlaps: list[Any], n_peaks: int, min_ncc: float) -> None:
+        self.tiles, self.overlaps, self.n_peaks, self.min_ncc = tiles, overlaps, n_peaks, min_ncc
+
+    def __call__(self, k: int) -> Link:
+        o = self.overlaps[k]
+        ti, tj = self.tiles[o.i], self.tiles[o.j]
+        a, b = ti.read(o.slices_i, channel=0), tj.read(o.slices_j, channel=0)
+        if a.shape != b.shape:  # fractional positions: compare the common part
+            common = tuple(min(x, y) for x, y in zip(a.shape, b.shape, strict=True))
+            a = a[tuple(slice(0, c) for c in common)]
+            b = b[tuple(slice(0, c) for c in common)]
+        shift, ncc, n = pairwise_shift(a, b, n_peaks=self.n_peaks)
+        # the two views start at slightly different world points when positions are fractional
+        start_i = ti.offset + np.array([s.start for s in o.slices_i]) * ti.voxel_size
+        start_j = tj.offset + np.array([s.start for s in o.slices_j]) * tj.voxel_size
+        shift_um = shift * ti.voxel_size + (start_i - start_j)
+        return Link(o.i, o.j, shift_um, ncc, n, kept=ncc >= self.min_ncc)
 
 
 def _check_axis_aligned(tileset: Sequence[Tile]) -> None:

@@ -608,6 +608,8 @@ class Tileset(Sequence[Tile]):
         n_peaks: int = 5,
         preset: Literal["strict", "relaxed"] = "strict",
         thresholds: tuple[float, float] | None = None,
+        workers: int | None = None,
+        client: Any = None,
         progress: bool = False,
     ) -> tuple[Tileset, RegistrationReport]:
         """Register the tiles (pairwise phase correlation + global optimisation).
@@ -626,6 +628,8 @@ class Tileset(Sequence[Tile]):
             n_peaks=n_peaks,
             preset=preset,
             thresholds=thresholds,
+            workers=workers,
+            client=client,
             progress=progress,
         )
         return Tileset(tiles, self.voxel_size), report
