@@ -118,6 +118,13 @@ class LabelTable:
 
     __hash__ = None  # type: ignore[assignment]
 
+    def __array__(self, dtype: Any = None, copy: Any = None) -> NDArray[Any]:
+        msg = (
+            "a LabelTable is sparse: use table[labels] to map, table.keys / table.values for "
+            "its entries, len(table) for its size"
+        )
+        raise TypeError(msg)
+
     def __getstate__(self) -> dict[str, Any]:
         return {"keys": self.keys, "values": self.values}
 
