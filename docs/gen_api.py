@@ -14,8 +14,11 @@ import tilefuse
 
 MODULES = [
     "tilefuse",
+    "tilefuse.io.registry",
     "tilefuse.io.tiff",
     "tilefuse.io.tileconfig",
+    "tilefuse.io.mist",
+    "tilefuse.io.positions",
     "tilefuse.io.jp2",
     "tilefuse.io.h5",
     "tilefuse.io.nd2",
@@ -45,6 +48,7 @@ MODULES = [
     "tilefuse.geometry",
     "tilefuse.layout",
     "tilefuse.source",
+    "tilefuse.testing",
     "tilefuse.data",
 ]
 OUT = Path(__file__).with_name("api.md")

@@ -277,3 +277,41 @@ def test_max_open_bounds_decoded_jp2_tiles(tmp_path):
     assert not sources[-Jp2Source.max_open + 1].is_open
     for s, t in zip(sources, tiles, strict=True):  # evicted tiles decode again on demand
         np.testing.assert_array_equal(s.read(region)[0], t)
+
+
+_FORKED: dict = {}
+
+
+def _read_in_child(queue):
+    src = _FORKED["src"]
+    queue.put((src.is_open, src.read((slice(0, 2), slice(0, 16), slice(0, 18)))))
+    src.close()  # closes the child's own handle only
+
+
+def test_a_forked_child_reopens_and_leaves_the_parents_handle_alone(tmp_path):
+    """After a fork the inherited handle is not used (h5py handles are per process)."""
+    import multiprocessing as mp
+
+    h5py = pytest.importorskip("h5py")
+    if "fork" not in mp.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    data = _truth((1, 5, 16, 18), np.uint8)[0]
+    with h5py.File(tmp_path / "t.h5", "w") as f:
+        f["a"] = data
+    src = H5Source(tmp_path / "t.h5", "a")
+    src.read((slice(0, 1), slice(0, 1), slice(0, 1)))
+    assert src.is_open
+    _FORKED["src"] = src
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_read_in_child, args=(queue,))
+    child.start()
+    was_open, got = queue.get(timeout=60)
+    child.join(60)
+    assert child.exitcode == 0
+    assert not was_open  # the parent's handle does not count as open in the child
+    np.testing.assert_array_equal(got[0], data[:2])
+    assert src.is_open  # the parent's handle survived the child's close
+    np.testing.assert_array_equal(src.read((slice(2, 5), slice(0, 16), slice(0, 18)))[0], data[2:])
+    src.close()
+    _FORKED.clear()
