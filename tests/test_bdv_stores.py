@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import SHARED_DATA
 from tilefuse import Tileset
 from tilefuse.errors import SelectionError
 from tilefuse.io.bdv_stores import BdvN5, BdvN5Source, ZarrViewSource
@@ -22,6 +25,7 @@ from tilefuse.testing import SourceTests
 ts = pytest.importorskip("tensorstore")
 zarr = pytest.importorskip("zarr")
 
+LINT = SHARED_DATA.parent / "tools" / "spimdata_lint.py"
 VOXEL = (1.0, 0.5, 0.5)  # (z, y, x) um
 LEVELS = ((1, 1, 1), (1, 2, 2), (2, 4, 4))  # (z, y, x) strides of the stored levels
 
@@ -367,3 +371,109 @@ class TestZarrViewSourceContract(SourceTests):
         loader = _write_multimg_zarr(tmp_path / "c.ome.zarr", mosaic, 2, version)
         xml = _xml(tmp_path / "c.xml", loader, mosaic, 2)
         return Tileset.open(xml)[0].source
+
+
+# -- writing BigStitcher projects as N5 ---------------------------------------------------------
+def test_to_bdv_n5_reads_back_through_tensorstore_and_our_reader(tmp_path):
+    img = make_volume((4, 40, 560), seed=3, n_blobs=8)[0]  # values above int16's range
+    assert img.max() > 32767
+    vol = np.stack([img, img[:, ::-1, :]])
+    mosaic = cut_tiles(vol, (1, 2), tile_shape=(40, 300))
+    tiles = Tileset.from_arrays(mosaic.tiles, mosaic.offsets_px * VOXEL, VOXEL)
+    n5, xml = tiles.to_bdv(tmp_path / "tiles.n5", format="n5")
+    assert n5 == tmp_path / "tiles.n5" and not (tmp_path / "tiles.n5.partial").exists()
+    if LINT.exists():
+        res = subprocess.run([sys.executable, str(LINT), str(xml)], capture_output=True, text=True)
+        assert res.returncode == 0, res.stdout + res.stderr
+    checked_mean = False
+    root = ET.parse(xml).getroot()
+    loader = root.find("SequenceDescription/ImageLoader")
+    assert (loader.get("format"), loader.findtext("n5")) == ("bdv.n5", "tiles.n5")
+    # TensorStore, independently: bdv-core's layout, x-first dimensions, native uint16
+    for tile in range(2):
+        for c in range(2):
+            setup = tile * 2 + c
+            attrs = json.loads((n5 / f"setup{setup}" / "attributes.json").read_text())
+            assert attrs["dataType"] == "uint16"
+            factors = attrs["downsamplingFactors"]
+            assert factors[0] == [1, 1, 1] and len(factors) >= 2
+            for lvl, (fx, fy, fz) in enumerate(factors):
+                arr = ts.open(
+                    {
+                        "driver": "n5",
+                        "kvstore": {
+                            "driver": "file",
+                            "path": f"{n5}/setup{setup}/timepoint0/s{lvl}/",
+                        },
+                    }
+                ).result()
+                data = np.asarray(arr.read().result()).T  # (z, y, x)
+                truth = mosaic.tiles[tile][c]
+                f_zyx = (fz, fy, fx)
+                want_shape = tuple(-(-n // f) for n, f in zip(truth.shape, f_zyx, strict=True))
+                assert data.shape == want_shape and data.dtype == np.uint16
+                if lvl == 0:
+                    np.testing.assert_array_equal(data, truth)
+                elif lvl == 1:  # block means of level 0, rounded half up
+                    assert all(n % f == 0 for n, f in zip(truth.shape, f_zyx, strict=True))
+                    pairs = zip(truth.shape, f_zyx, strict=True)
+                    split = [v for n, f in pairs for v in (n // f, f)]
+                    blocks = truth.reshape(split).astype(np.float64).mean(axis=(1, 3, 5))
+                    np.testing.assert_array_equal(data, np.floor(blocks + 0.5).astype(np.uint16))
+                    checked_mean = True
+                # one chunk per file: every block of the grid is its own file
+                block = arr.chunk_layout.read_chunk.shape
+                n_chunks = np.prod([-(-n // b) for n, b in zip(arr.shape, block, strict=True)])
+                files = [
+                    p for p in (n5 / f"setup{setup}/timepoint0/s{lvl}").rglob("*")
+                    if p.is_file() and p.name != "attributes.json"
+                ]  # fmt: skip
+                assert len(files) == n_chunks
+    assert checked_mean
+    back = Tileset.open(xml)
+    np.testing.assert_allclose(back.offsets, tiles.offsets, atol=1e-9)
+    np.testing.assert_array_equal(back.fuse(blend="overwrite"), vol)
+
+
+@pytest.mark.parametrize("dtype", ["int8", "uint32", "int64", "float32", "float64"])
+def test_to_bdv_n5_native_dtypes(tmp_path, dtype):
+    data = (np.arange(3 * 20 * 24) % 120 - 60).reshape(3, 20, 24).astype(dtype)
+    if np.dtype(dtype).kind == "u":
+        data = data.astype(np.int64).clip(0).astype(dtype)
+    tiles = Tileset.from_arrays([data], [(0.0, 0.0, 0.0)], VOXEL)
+    n5, _ = tiles.to_bdv(tmp_path / "t.n5", format="n5")
+    arr = ts.open(
+        {"driver": "n5", "kvstore": {"driver": "file", "path": f"{n5}/setup0/timepoint0/s0/"}}
+    )
+    np.testing.assert_array_equal(np.asarray(arr.result().read().result()).T, data)
+    assert BdvN5(n5).dtype(0) == np.dtype(dtype)
+
+
+def test_export_bdv_cli_writes_n5(tmp_path):
+    from tilefuse.cli import main
+
+    _, mosaic = _truth()
+    tiles = Tileset.from_arrays(mosaic.tiles, mosaic.offsets_px * VOXEL, VOXEL)
+    _, xml = tiles.to_bdv(tmp_path / "in.h5")
+    assert main(["export-bdv", str(xml), "-o", str(tmp_path / "out.n5"), "--no-progress"]) == 0
+    back = Tileset.open(tmp_path / "out.xml")
+    assert isinstance(back[0].source, BdvN5Source)
+    np.testing.assert_array_equal(back[1].read(), mosaic.tiles[1])
+    out = tmp_path / "out2.n5"
+    assert main(["export-bdv", str(xml), "-o", str(out), "--output-format", "n5"]) == 0
+    assert (out / "setup3" / "attributes.json").is_file()
+
+
+def test_fused_export_to_n5_equals_the_truth(tmp_path):
+    from tilefuse.cli import main
+
+    vol, mosaic = _truth()
+    tiles = Tileset.from_arrays(mosaic.tiles, mosaic.offsets_px * VOXEL, VOXEL)
+    _, xml = tiles.to_bdv(tmp_path / "in.h5")
+    out = tmp_path / "fused.n5"
+    code = main(["export-bdv", str(xml), "--fused", "--blend", "overwrite", "-o", str(out)])
+    assert code == 0
+    for c in range(2):  # one setup per channel, read by TensorStore
+        kv = {"driver": "file", "path": f"{out}/setup{c}/timepoint0/s0/"}
+        arr = ts.open({"driver": "n5", "kvstore": kv}).result()
+        np.testing.assert_array_equal(np.asarray(arr.read().result()).T, vol[c])

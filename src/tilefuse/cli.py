@@ -277,8 +277,9 @@ def cmd_export_bdv(args: argparse.Namespace) -> int:
     """Export tiles (for BigStitcher) or the fused volume as BigDataViewer HDF5 + XML."""
     ts = _open(args)
     out = Path(args.output)
+    fmt = args.output_format or ("n5" if out.suffix.lower() == ".n5" else "hdf5")
     if not args.fused:
-        h5, xml = ts.to_bdv(out, output_options=_output_options(args))
+        h5, xml = ts.to_bdv(out, output_options=_output_options(args), format=fmt)
         _out(f"{len(ts)} tiles -> {h5} + {xml} (open the XML in BigStitcher)")
         return 0
     h5, xml = ts.to_bdv(
@@ -287,6 +288,7 @@ def cmd_export_bdv(args: argparse.Namespace) -> int:
         options=_fusion_options(args),
         output_options=_output_options(args),
         exec_options=_exec_options(args),
+        format=fmt,
     )
     _out(f"fused {len(ts)} tiles -> {h5} + {xml} (open the XML in BigDataViewer)")
     return 0
@@ -565,7 +567,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("export-bdv", help="write BigDataViewer HDF5 + XML (per tile, or fused)")
     add_input(sp)
-    sp.add_argument("-o", "--output", required=True, help="output .h5 (the .xml goes beside it)")
+    sp.add_argument(
+        "-o", "--output", required=True,
+        help="output .h5, or .n5 folder (the .xml goes beside it)",
+    )  # fmt: skip
+    sp.add_argument(
+        "--output-format",
+        choices=["hdf5", "n5"],
+        help="BigDataViewer HDF5 or N5 (one file per chunk; needs tilefuse[n5]); default: "
+        "from the output suffix (.n5 -> n5). --format names the INPUT's format",
+    )
     sp.add_argument("--fused", action="store_true", help="export the fused volume, not the tiles")
     sp.add_argument("--blend", default=FusionOptions.blend, choices=blend_names())
     sp.add_argument("--levels", type=int, default=None, help="max pyramid levels (default: BDV's)")

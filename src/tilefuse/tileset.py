@@ -344,8 +344,9 @@ class Tileset(Sequence[Tile]):
         workers: int | None = None,
         client: Any = None,
         progress: bool | None = None,
+        format: Literal["hdf5", "n5"] = "hdf5",
     ) -> tuple[Path, Path]:
-        """Export to BigDataViewer HDF5 + XML: each tile as a setup, or the fused volume.
+        """Export to BigDataViewer HDF5 (or N5) + XML: each tile as a setup, or the fused volume.
 
         Without ``fused``, tiles become setups with tile (and channel)
         attributes and their positions are written as their registration (for
@@ -356,7 +357,7 @@ class Tileset(Sequence[Tile]):
         Parameters
         ----------
         path : str or PathLike
-            The ``.h5`` file (the ``.xml`` goes beside it).
+            The ``.h5`` file, or the ``.n5`` folder (the ``.xml`` goes beside it).
         fused : bool
             Export the fused volume instead of the tiles.
         options, output_options, exec_options : optional
@@ -370,11 +371,15 @@ class Tileset(Sequence[Tile]):
             `OutputOptions` fields.
         workers, client, progress
             `ExecOptions` fields (with ``fused``).
+        format : {"hdf5", "n5"}
+            ``"n5"``: BigDataViewer's N5 layout (``bdv.n5`` loader) written with
+            TensorStore (``pip install 'tilefuse[n5]'``): one file per chunk,
+            so a cluster can write in parallel; every dtype stored natively.
 
         Returns
         -------
         (Path, Path)
-            The ``.h5`` and ``.xml`` files.
+            The ``.h5`` (or ``.n5``) and ``.xml`` files.
 
         Raises
         ------
@@ -396,7 +401,7 @@ class Tileset(Sequence[Tile]):
                 raise ValueError(msg)
             from tilefuse.io.project import tileset_to_bdv
 
-            return tileset_to_bdv(self, path, out)
+            return tileset_to_bdv(self, path, out, format=format)
         from tilefuse.fuse import FusionPlan, fuse_tiles
         from tilefuse.writers import BdvWriter
 
@@ -405,7 +410,8 @@ class Tileset(Sequence[Tile]):
             exec_options, ExecOptions, workers=workers, client=client, progress=progress
         )
         plan = FusionPlan.from_options(self._tiles, fusion, voxel_size=self.voxel_size)
-        return fuse_tiles(plan, BdvWriter(path, out), ex)  # type: ignore[no-any-return]
+        writer = BdvWriter(path, out, format=format)
+        return fuse_tiles(plan, writer, ex)  # type: ignore[no-any-return]
 
     def to_bigstitcher_xml(
         self,

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 
 from tilefuse.errors import OutputExistsError, StoreError
-from tilefuse.io.bdv import BdvHdf5Writer, BdvView
+from tilefuse.io.bdv import BdvHdf5Writer, BdvN5Writer, BdvView, bdv_writer
 from tilefuse.io.ome_zarr import MultiScaleGroup, default_chunks
 from tilefuse.options import ExecOptions, OutputOptions
 
@@ -367,6 +367,9 @@ class BdvWriter(BlockWriter):
         Labels are downsampled by mode.
     block : tuple of 3 ints
         Work block (z, y, x), rounded to whole HDF5 chunks.
+    format : {"hdf5", "n5"}
+        ``"n5"``: a BigDataViewer N5 container (`tilefuse.io.bdv.BdvN5Writer`;
+        one file per chunk, needs ``tilefuse[n5]``) instead of HDF5.
     """
 
     def __init__(
@@ -376,12 +379,14 @@ class BdvWriter(BlockWriter):
         *,
         kind: Literal["image", "label"] = "image",
         block: tuple[int, int, int] = (64, 512, 512),
+        format: Literal["hdf5", "n5"] = "hdf5",
     ) -> None:
         self.path = Path(path)
         self.options = options or OutputOptions()
         self.kind: Literal["image", "label"] = kind
         self.block = block
-        self._file: BdvHdf5Writer | None = None
+        self.format: Literal["hdf5", "n5"] = format
+        self._file: BdvHdf5Writer | BdvN5Writer | None = None
 
     def begin(self, spec: VolumeSpec) -> None:
         """Create the temporary HDF5 file with one setup per channel."""
@@ -404,9 +409,10 @@ class BdvWriter(BlockWriter):
             )
             for i in range(c)
         ]
-        self._file = BdvHdf5Writer(
+        self._file = bdv_writer(
             self.path,
             views,
+            format=self.format,
             levels=opts.levels,
             chunks=opts.chunks,
             compression=opts.compression,

@@ -43,7 +43,15 @@ if TYPE_CHECKING:
 
     from numpy.typing import ArrayLike, NDArray
 
-__all__ = ["BdvHdf5Writer", "BdvView", "group_to_bdv", "propose_mipmaps", "write_bdv"]
+__all__ = [
+    "BdvHdf5Writer",
+    "BdvN5Writer",
+    "BdvView",
+    "bdv_writer",
+    "group_to_bdv",
+    "propose_mipmaps",
+    "write_bdv",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -219,13 +227,15 @@ def write_bdv(
     block: tuple[int, int, int] = (64, 512, 512),
     compression: Literal["default", "fast", "archive", "gzip", "none"] = "default",
     overwrite: bool = False,
+    format: Literal["hdf5", "n5"] = "hdf5",
 ) -> tuple[Path, Path]:
-    """Write views as a BigDataViewer HDF5 file plus its SpimData XML.
+    """Write views as a BigDataViewer HDF5 file (or N5 container) plus its SpimData XML.
 
     Parameters
     ----------
     path : str or PathLike
-        The ``.h5`` file; the XML is written next to it (``.xml``).
+        The ``.h5`` file (``format="n5"``: the ``.n5`` folder); the XML is
+        written next to it (``.xml``).
     views : sequence of BdvView
         One setup each (setup ids 0, 1, ...), all at timepoint 0.
     levels : int, optional
@@ -239,14 +249,19 @@ def write_bdv(
     compression : {"default", "fast", "archive", "gzip", "none"}
         HDF5 filter: gzip with byte shuffle (readable by every HDF5 client) at
         level 4 (``"default"``, also ``"gzip"``), 1 (``"fast"``) or 9
-        (``"archive"``); ``"none"`` stores raw chunks.
+        (``"archive"``); ``"none"`` stores raw chunks. N5: gzip at the same
+        levels, or raw.
     overwrite : bool
         Replace existing files.
+    format : {"hdf5", "n5"}
+        ``"n5"`` writes BigDataViewer's N5 layout (``bdv.n5`` loader, formats
+        doc section 2.10) with TensorStore (``pip install 'tilefuse[n5]'``):
+        one file per chunk, every dtype stored natively (see `BdvN5Writer`).
 
     Returns
     -------
     (Path, Path)
-        The HDF5 file and the XML file.
+        The HDF5 file (or N5 folder) and the XML file.
 
     Raises
     ------
@@ -255,9 +270,16 @@ def write_bdv(
     ValueError
         If a view's dtype is not one BigDataViewer reads.
     """
-    writer = BdvHdf5Writer(
-        path, views, levels=levels, chunks=chunks, compression=compression, overwrite=overwrite
+    writer = bdv_writer(
+        path,
+        views,
+        format=format,
+        levels=levels,
+        chunks=chunks,
+        compression=compression,
+        overwrite=overwrite,
     )
+    block = writer.aligned(block)
     try:
         for setup, view in enumerate(views):
             shape = tuple(int(n) for n in view.data.shape[-3:])
@@ -351,6 +373,12 @@ class BdvHdf5Writer:
         c = self._levels[setup][0][0].chunks
         return (int(c[0]), int(c[1]), int(c[2]))
 
+    def aligned(self, block: Sequence[int]) -> tuple[int, int, int]:
+        """``block`` rounded to whole chunks (each chunk then written once)."""
+        c = self.chunks(0)
+        z, y, x = (max(ch, (b // ch) * ch) for b, ch in zip(block, c, strict=True))
+        return (z, y, x)
+
     def write(self, setup: int, region: Sequence[slice], data: NDArray[Any]) -> None:
         """Write a (z, y, x) region of a setup's level 0."""
         ds = self._levels[setup][0][0]
@@ -378,6 +406,217 @@ class BdvHdf5Writer:
             self._file.close()
         finally:
             self.tmp.unlink(missing_ok=True)
+
+
+def bdv_writer(
+    path: str | os.PathLike[str],
+    views: Sequence[BdvView],
+    *,
+    format: Literal["hdf5", "n5"] = "hdf5",
+    **options: Any,
+) -> BdvHdf5Writer | BdvN5Writer:
+    """The region-by-region BigDataViewer writer of a format (`BdvHdf5Writer` or `BdvN5Writer`)."""
+    if format == "n5":
+        return BdvN5Writer(path, views, **options)
+    if format != "hdf5":
+        msg = f"format must be 'hdf5' or 'n5', got {format!r}"
+        raise ValueError(msg)
+    return BdvHdf5Writer(path, views, **options)
+
+
+class _N5Level:
+    """A TensorStore N5 array seen as (z, y, x): numpy-style reads and writes, native dtype."""
+
+    def __init__(self, array: Any) -> None:
+        self.array = array
+        self.dtype = np.dtype(array.dtype.numpy_dtype)
+        self.shape = tuple(int(n) for n in array.shape[::-1])
+        self.chunks = tuple(int(n) for n in array.chunk_layout.read_chunk.shape[::-1])
+
+    def __getitem__(self, region: tuple[slice, ...]) -> NDArray[Any]:
+        z, y, x = (  # clipped to the shape, as numpy and h5py do
+            slice(min(r.start, n), min(r.stop, n)) for r, n in zip(region, self.shape, strict=True)
+        )
+        data = self.array[x.start : x.stop, y.start : y.stop, z.start : z.stop].read().result()
+        return np.ascontiguousarray(np.asarray(data).transpose(2, 1, 0))
+
+    def __setitem__(self, region: tuple[slice, ...], data: NDArray[Any]) -> None:
+        data = np.asarray(data)
+        if data.dtype != self.dtype and data.dtype.itemsize == self.dtype.itemsize:
+            data = data.view(self.dtype)  # _fill_pyramid's int16 bit pattern of uint16
+        z, y, x = region
+        sub = self.array[x.start : x.stop, y.start : y.stop, z.start : z.stop]
+        sub.write(np.asarray(data, dtype=self.dtype).transpose(2, 1, 0)).result()
+
+
+class BdvN5Writer:
+    """A BigDataViewer N5 container + XML written region by region, then its pyramid, atomically.
+
+    The N5 twin of `BdvHdf5Writer` (same methods): bdv-core's layout
+    (``setup<s>/attributes.json`` with ``downsamplingFactors`` and
+    ``dataType``, datasets ``setup<s>/timepoint0/s<L>`` with x-first
+    dimensions and ``blockSize``), written with TensorStore. N5 keeps one
+    chunk per file, so regions aligned to `chunks` (see `aligned`) never share
+    a file and a cluster could write them in parallel. Every dtype is stored
+    natively (no int16 trick). Everything goes into ``<path>.partial``,
+    renamed into place by `close`; `abort` removes it.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        The ``.n5`` folder; the XML goes next to it.
+    views : sequence of BdvView
+        One setup each; only ``data.shape`` and ``data.dtype`` are used.
+    levels, chunks, compression, overwrite
+        As for `write_bdv` (chunks default to BigDataViewer's proposal).
+
+    Raises
+    ------
+    ImportError
+        If TensorStore is missing (``pip install 'tilefuse[n5]'``).
+    OutputExistsError
+        If the folder or the XML exists and ``overwrite`` is false.
+    ValueError
+        If a view's dtype is not one BigDataViewer reads.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        views: Sequence[BdvView],
+        *,
+        levels: int | None = None,
+        chunks: Sequence[int] | None = None,
+        compression: str = "default",
+        overwrite: bool = False,
+    ) -> None:
+        import json
+        import shutil
+
+        from tilefuse.io.bdv_stores import require_tensorstore
+
+        ts = require_tensorstore("writing BigDataViewer N5")
+        self.root = Path(path)
+        self.xml = self.root.with_suffix(".xml")
+        for p in (self.root, self.xml):
+            if p.exists() and not overwrite:
+                msg = f"output exists: {p} (pass overwrite=True to replace it)"
+                raise OutputExistsError(msg)
+        for v in views:
+            if np.dtype(v.data.dtype).name not in _BDV_TYPES:
+                msg = f"BigDataViewer cannot store {np.dtype(v.data.dtype)} (view {v.name!r})"
+                raise ValueError(msg)
+        if compression != "none" and compression not in _GZIP_LEVELS:
+            msg = f"compression must be one of {(*_GZIP_LEVELS, 'none')}, got {compression!r}"
+            raise ValueError(msg)
+        comp = (
+            {"type": "raw"}
+            if compression == "none"
+            else {"type": "gzip", "level": _GZIP_LEVELS[compression]}
+        )
+        self.views = list(views)
+        self.tmp = self.root.with_name(self.root.name + ".partial")
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir(parents=True)
+        self._levels: list[list[tuple[_N5Level, tuple[int, ...]]]] = []
+        try:
+            (self.tmp / "attributes.json").write_text(json.dumps({"n5": "4.0.0"}))
+            cz = tuple(int(c) for c in chunks) if chunks is not None else None
+            for setup, view in enumerate(self.views):
+                shape = tuple(int(s) for s in view.data.shape[-3:])
+                dt = np.dtype(view.data.dtype)
+                res, sub = _mipmaps(shape, view.voxel_size, levels, cz)  # type: ignore[arg-type]
+                group = self.tmp / f"setup{setup}"
+                group.mkdir()
+                attrs = {"downsamplingFactors": res, "dataType": dt.name}
+                (group / "attributes.json").write_text(json.dumps(attrs))
+                tp = group / "timepoint0"
+                tp.mkdir()
+                tp_attrs = {"resolution": list(view.voxel_size[::-1]), "multiScale": True}
+                (tp / "attributes.json").write_text(json.dumps(tp_attrs))
+                out = []
+                for lvl, (r, s) in enumerate(zip(res, sub, strict=True)):
+                    f_zyx = tuple(int(x) for x in r[::-1])
+                    lshape = tuple(-(-n // k) for n, k in zip(shape, f_zyx, strict=True))
+                    block = tuple(min(c, n) for c, n in zip(s[::-1], lshape, strict=True))
+                    spec = {
+                        "driver": "n5",
+                        "kvstore": {"driver": "file", "path": f"{tp}/s{lvl}/"},
+                        "metadata": {
+                            "dimensions": list(lshape[::-1]),
+                            "blockSize": list(block[::-1]),
+                            "dataType": dt.name,
+                            "compression": comp,
+                            "downsamplingFactors": list(r),
+                        },
+                        "create": True,
+                    }
+                    out.append((_N5Level(ts.open(spec).result()), f_zyx))
+                self._levels.append(out)
+        except BaseException:
+            self.abort()
+            raise
+
+    def chunks(self, setup: int = 0) -> tuple[int, int, int]:
+        """N5 block (z, y, x) of a setup's level 0."""
+        c = self._levels[setup][0][0].chunks
+        return (int(c[0]), int(c[1]), int(c[2]))
+
+    def aligned(self, block: Sequence[int]) -> tuple[int, int, int]:
+        """``block`` rounded to whole chunks (each chunk, one file, then written once)."""
+        c = self.chunks(0)
+        z, y, x = (max(ch, (b // ch) * ch) for b, ch in zip(block, c, strict=True))
+        return (z, y, x)
+
+    def write(self, setup: int, region: Sequence[slice], data: NDArray[Any]) -> None:
+        """Write a (z, y, x) region of a setup's level 0."""
+        self._levels[setup][0][0][tuple(region)] = np.asarray(
+            data, dtype=self.views[setup].data.dtype
+        )
+
+    def close(self, block: Sequence[int] = (64, 512, 512)) -> tuple[Path, Path]:
+        """Compute the pyramids, put the folder in place; returns (n5, xml)."""
+        import shutil
+
+        try:
+            for levels, view in zip(self._levels, self.views, strict=True):
+                method = "mode" if view.kind == "label" else "mean"
+                dt = np.dtype(view.data.dtype)
+                for k in range(1, len(levels)):  # each level's blocks: whole chunks
+                    c = levels[k][0].chunks
+                    bs = tuple(max(ch, (b // ch) * ch) for b, ch in zip(block, c, strict=True))
+                    _fill_pyramid(levels[k - 1 : k + 1], dt, method, bs)
+            if self.root.exists():
+                shutil.rmtree(self.root)
+            os.replace(self.tmp, self.root)
+        except BaseException:
+            self.abort()
+            raise
+        _write_xml(self.xml, self.root.name, self.views, loader="bdv.n5")
+        return self.root, self.xml
+
+    def abort(self) -> None:
+        """Remove the temporary folder (the outputs are left as they were)."""
+        import shutil
+
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _mipmaps(
+    shape: tuple[int, int, int],
+    voxel_size: Sequence[float],
+    levels: int | None,
+    chunks_zyx: tuple[int, int, int] | None,
+) -> tuple[list[list[int]], list[list[int]]]:
+    """Resolutions and subdivisions (XYZ per level), as `_create_setup` derives them."""
+    res, sub = propose_mipmaps(shape[::-1], list(voxel_size)[::-1])
+    if shape[0] == 1:  # 2D: BigStitcher's rule
+        sub = [[s[0], s[1], 1] for s in sub]
+    if levels is not None:
+        res, sub = res[:levels], sub[:levels]
+    if chunks_zyx is not None:
+        sub = [list(chunks_zyx[::-1]) for _ in sub]
+    return res, sub
 
 
 def _create_setup(
@@ -459,12 +698,18 @@ def _fmt(values: ArrayLike) -> str:
     return " ".join(repr(float(v)) for v in np.asarray(values, dtype=float).ravel())
 
 
-def _write_xml(path: Path, h5_name: str, views: Sequence[BdvView]) -> None:
+def _write_xml(
+    path: Path, h5_name: str, views: Sequence[BdvView], loader: str = "bdv.hdf5"
+) -> None:
     root = ET.Element("SpimData", version="0.2")
     ET.SubElement(root, "BasePath", type="relative").text = "."
     seq = ET.SubElement(root, "SequenceDescription")
-    loader = ET.SubElement(seq, "ImageLoader", format="bdv.hdf5")
-    ET.SubElement(loader, "hdf5", type="relative").text = h5_name
+    if loader == "bdv.n5":
+        el = ET.SubElement(seq, "ImageLoader", format="bdv.n5", version="1.1")
+        ET.SubElement(el, "n5", type="relative").text = h5_name
+    else:
+        el = ET.SubElement(seq, "ImageLoader", format="bdv.hdf5")
+        ET.SubElement(el, "hdf5", type="relative").text = h5_name
     setups = ET.SubElement(seq, "ViewSetups")
     for i, v in enumerate(views):
         vs = ET.SubElement(setups, "ViewSetup")

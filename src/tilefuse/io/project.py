@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -222,7 +222,11 @@ def _zgroup_indices(element: Any, tp: int, setup: int) -> tuple[int, ...] | None
 
 
 def tileset_to_bdv(
-    tileset: Sequence[Tile], path: str | os.PathLike[str], options: OutputOptions | None = None
+    tileset: Sequence[Tile],
+    path: str | os.PathLike[str],
+    options: OutputOptions | None = None,
+    *,
+    format: Literal["hdf5", "n5"] = "hdf5",
 ) -> tuple[Path, Path]:
     """Export every tile as its own BDV setup (tile attribute, position as registration).
 
@@ -240,6 +244,7 @@ def tileset_to_bdv(
         chunks=o.chunks,
         compression=o.compression,
         overwrite=o.overwrite,
+        format=format,
     )
 
 
