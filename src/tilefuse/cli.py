@@ -69,6 +69,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     _out(f"voxel size  {_fmt(info['voxel_size_um'])} um (z, y, x)")
     _out(f"extent      {_fmt(info['extent_um'])} um (z, y, x)")
     _out(f"overlaps    {info['overlaps']} pairs")
+    for many, one in (("timepoints", "timepoint"), ("angles", "angle")):
+        if many in info:
+            ids = info[many]
+            listed = ", ".join(str(i) for i in ids[:20]) + (", ..." if len(ids) > 20 else "")
+            _out(f"{many:<11} {len(ids)}: {listed} (reading {one} {info[one]}; --{one} to choose)")
     _out("")
     _out(f"{'tile':<32} {'shape (z, y, x)':<20} offset um (z, y, x)")
     for t in info["tile_list"]:

@@ -60,7 +60,7 @@ class StoreError(TilefuseError, OSError):
     """An output store is not what tilefuse expected (foreign, corrupt, mismatched)."""
 
 
-class SelectionError(TilefuseError, ValueError):
+class SelectionError(TilefuseError, IndexError, ValueError):
     """A timepoint, angle, channel or level was asked for that the input does not have."""
 
 

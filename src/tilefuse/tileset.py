@@ -1203,11 +1203,23 @@ class Tileset(Sequence[Tile]):
             "voxel_size_um": [float(v) for v in self.voxel_size],
             "extent_um": [float(v) for v in hi - lo],
             "overlaps": len(self.overlaps()),
+            **_selection_summary(self._tiles),
             "tile_list": [
                 {"name": t.name, "shape": list(t.shape), "offset_um": [float(v) for v in t.offset]}
                 for t in self._tiles
             ],
         }
+
+
+def _selection_summary(tiles: Sequence[Tile]) -> dict[str, Any]:
+    """What the input holds beyond the selection: timepoints and angles, when the reader says."""
+    out: dict[str, Any] = {}
+    meta = tiles[0].metadata
+    for many, one in (("timepoints", "timepoint"), ("angles", "angle")):
+        if many in meta:
+            out[many] = list(meta[many])
+            out[one] = meta.get(one)
+    return out
 
 
 def _record_corrections(out: Any, tiles: Sequence[Tile]) -> None:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tilefuse.errors import MissingTileError, UnsupportedFormatError
+from tilefuse.errors import MissingTileError, SelectionError, UnsupportedFormatError
 from tilefuse.source import Source
 
 if TYPE_CHECKING:
@@ -79,6 +79,10 @@ def nd2_positions(path: str | os.PathLike[str], timepoint: int = 0) -> list[Nd2P
     """
     path = Path(path)
     with _open(path) as f:
+        n_t = int(f.sizes.get("T", 1))
+        if not 0 <= int(timepoint) < n_t:  # a negative index must not read from the end
+            msg = f"{path}: no timepoint {timepoint}: the file has {n_t} (0 to {n_t - 1})"
+            raise SelectionError(msg)
         table = _frame_table(f)
         n_pos = int(f.sizes.get("P", 1))
         out = []
@@ -112,11 +116,12 @@ class Nd2Source(Source):
                     msg = (
                         f"{self.path}: {axis} index {want} out of range (size {sizes.get(axis, 1)})"
                     )
-                    raise IndexError(msg)
+                    raise SelectionError(msg)
             table = _frame_table(f)
             self._frames = [
                 table[(self.timepoint, self.position, z)] for z in range(sizes.get("Z", 1))
             ]
+            self.n_timepoints = int(sizes.get("T", 1))
             c, z = int(sizes.get("C", 1)), int(sizes.get("Z", 1))
             self._shape = (c, z, int(sizes["Y"]), int(sizes["X"]))
             self._dtype = np.dtype(f.dtype)
@@ -193,7 +198,13 @@ def open_nd2(
             name=f"{Path(s.path).stem}_p{s.position}",
             index=i,
             channels=tuple(s.channel_names),
-            metadata={"path": str(s.path), "position": s.position, "stage_zyx_um": list(o)},
+            metadata={
+                "path": str(s.path),
+                "position": s.position,
+                "stage_zyx_um": list(o),
+                "timepoint": int(timepoint),
+                "timepoints": list(range(s.n_timepoints)),
+            },
         )
         for i, (s, o) in enumerate(zip(sources, offs, strict=True))
     ]

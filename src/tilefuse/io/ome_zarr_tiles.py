@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import zarr
 
-from tilefuse.errors import MissingTileError, UnsupportedFormatError
+from tilefuse.errors import MissingTileError, SelectionError, UnsupportedFormatError
 from tilefuse.geometry import affine_from_offset
 from tilefuse.source import Source
 
@@ -107,7 +107,12 @@ def image_tile(path: Path, level: int = 0, timepoint: int = 0, index: int = 0) -
         affine_from_offset(vs, t),  # NGFF translation = centre of voxel 0 = tilefuse offset
         name=path.name,
         index=index,
-        metadata={"path": str(path), "level": level},
+        metadata={
+            "path": str(path),
+            "level": level,
+            "timepoint": int(timepoint),
+            "timepoints": list(range(view.timepoints)),
+        },
     )
 
 
@@ -160,6 +165,12 @@ class OmeZarrSource(Source):
                 raise UnsupportedFormatError(msg)
         self.index = tuple(index)
         arr = self._handle()
+        n_t = int(arr.shape[self.axes.index("t")]) if "t" in self.axes else 1
+        if not 0 <= int(timepoint) < n_t:  # a negative index would read from the end
+            what = f"{n_t} timepoint(s), 0 to {n_t - 1}" if "t" in self.axes else "no t axis"
+            msg = f"{self.path}: no timepoint {timepoint}: the image has {what}"
+            raise SelectionError(msg)
+        self.timepoints = n_t
         self._order = [
             a for a, i in zip(self.axes, self.index, strict=True) if isinstance(i, slice)
         ]

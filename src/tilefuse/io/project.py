@@ -89,6 +89,7 @@ def tiles_from_spimdata(
     sd = read_spimdata(xml)
     given = None if world_unit_um is None else check_world_unit(world_unit_um, sd.path)
     tp = sd.timepoints[0] if timepoint is None else timepoint
+    _check_selection(sd, tp, angle)
     groups = sd.tiles(tp, angle=angle)
     if not groups:
         msg = f"{sd.path}: no views at timepoint {tp}"
@@ -116,11 +117,27 @@ def tiles_from_spimdata(
                     "tile": tile_id,
                     "setups": list(setups),
                     "timepoint": tp,
+                    "timepoints": list(sd.timepoints),
+                    "angle": sd.setups[setups[0]].attribute("angle"),
+                    "angles": sorted({s.attribute("angle") for s in sd.setups.values()}),
                     "world_unit_um": [float(u) for u in unit],
                 },
             )
         )
     return tiles
+
+
+def _check_selection(sd: Any, timepoint: int | None, angle: int | None) -> None:
+    """Refuse a timepoint or angle the project does not have (named, with what it has)."""
+    from tilefuse.errors import SelectionError
+
+    if timepoint is not None and timepoint not in sd.timepoints:
+        msg = f"{sd.path}: no timepoint {timepoint}; the project has timepoints {sd.timepoints}"
+        raise SelectionError(msg)
+    angles = sorted({s.attribute("angle") for s in sd.setups.values()})
+    if angle is not None and angle not in angles:
+        msg = f"{sd.path}: no angle {angle}; the project has angle ids {angles}"
+        raise SelectionError(msg)
 
 
 def _channel_name(sd: Any, setup: int) -> str:

@@ -302,7 +302,8 @@ class SpimData:
             if len(angles) > 1:
                 msg = (
                     f"{self.path}: timepoint {tp} has views from {len(angles)} angles {angles}; "
-                    "views of one tile from different angles are not channels: pass angle="
+                    "views of one tile from different angles are not channels: pass angle= "
+                    "(--angle on the command line)"
                 )
                 raise IncompatibleTilesError(msg)
         else:
