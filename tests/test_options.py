@@ -29,8 +29,9 @@ def test_facade_keywords_are_exactly_the_options_fields():
     assert _keywords(Tileset.fuse_labels) == (
         _fields(OutputOptions, ExecOptions) | OBJECTS | {"mapping", "rule", "resample"}
     )
+    # what to export (tiles or fused) and the container (HDF5 or N5) are not options fields
     assert _keywords(Tileset.to_bdv) <= _fields(FusionOptions, OutputOptions, ExecOptions) | (
-        OBJECTS | {"fused"}
+        OBJECTS | {"fused", "format"}
     )
 
 
