@@ -8,7 +8,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -282,7 +282,9 @@ def cmd_export_bdv(args: argparse.Namespace) -> int:
     """Export tiles (for BigStitcher) or the fused volume as BigDataViewer HDF5 + XML."""
     ts = _open(args)
     out = Path(args.output)
-    fmt = args.output_format or ("n5" if out.suffix.lower() == ".n5" else "hdf5")
+    fmt: Literal["hdf5", "n5"] = args.output_format or (
+        "n5" if out.suffix.lower() == ".n5" else "hdf5"
+    )
     if not args.fused:
         h5, xml = ts.to_bdv(out, output_options=_output_options(args), format=fmt)
         _out(f"{len(ts)} tiles -> {h5} + {xml} (open the XML in BigStitcher)")
