@@ -173,3 +173,27 @@ def test_cli_scheduler_unreachable_is_one_clear_error(tmp_path, caplog, monkeypa
     assert main([*args, "--scheduler", f"tcp://127.0.0.1:{port}"]) == 2
     assert "--scheduler" in caplog.text and f"127.0.0.1:{port}" in caplog.text
     assert not (tmp_path / "x.ome.zarr").exists()
+
+
+def test_lazy_generated_mosaic_fuses_to_its_sample():
+    from tilefuse.geometry import affine_from_offset
+    from tilefuse.synthetic import SampleTile, SyntheticSample
+    from tilefuse.tile import Tile
+
+    sample = SyntheticSample((10, 90, 100), seed=2, blob_radius=3)
+    starts = [(0, y, x) for y in (0, 40) for x in (0, 45)]
+    shape = (10, 50, 55)
+
+    def tiles(**kw):
+        return Tileset([
+            Tile(SampleTile(sample, s, shape, **kw), affine_from_offset((1, 1, 1), s), index=i)
+            for i, s in enumerate(starts)
+        ])  # fmt: skip
+
+    images = tiles()
+    np.testing.assert_array_equal(images.fuse(blend="linear"), sample.image((slice(None),) * 3))
+    labels = tiles(kind="labels", label_offset=3_000_000_000)
+    fused = labels.fuse_labels()
+    truth = sample.labels((slice(None),) * 3).astype(np.uint64)
+    truth[truth > 0] += 3_000_000_000
+    np.testing.assert_array_equal(fused, truth)

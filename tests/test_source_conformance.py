@@ -315,3 +315,23 @@ def test_a_forked_child_reopens_and_leaves_the_parents_handle_alone(tmp_path):
     np.testing.assert_array_equal(src.read((slice(2, 5), slice(0, 16), slice(0, 18)))[0], data[2:])
     src.close()
     _FORKED.clear()
+
+
+class TestSampleTile(SourceTests):
+    """Lazy generated tiles (benchmarks of tens of GB without files) keep the contract too."""
+
+    @pytest.fixture
+    def sample(self):
+        from tilefuse.synthetic import SyntheticSample
+
+        return SyntheticSample((12, 60, 70), seed=4, blob_radius=3)
+
+    @pytest.fixture
+    def expected(self, sample):
+        return sample.image((slice(2, 9), slice(10, 40), slice(5, 50)))[None]
+
+    @pytest.fixture
+    def source(self, sample):
+        from tilefuse.synthetic import SampleTile
+
+        return SampleTile(sample, (2, 10, 5), (7, 30, 45))

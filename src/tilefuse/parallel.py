@@ -109,6 +109,8 @@ def _run_threads(
 
 #: at most this many tasks per run on a cluster: blocks are batched into tasks beyond it
 MAX_TASKS = 20_000
+#: times a task lost with a worker is resubmitted before the run fails
+MAX_RETRIES = 3
 
 
 def _apply_batch(batch: list[Any], task: Callable[[Any], Any]) -> list[tuple[Any, Any]]:
@@ -178,23 +180,25 @@ def _run_client(
     only its in-flight tasks (finished blocks are in the store, not in worker
     memory, and are never recomputed).
     """
+    from concurrent.futures import CancelledError
+
     from distributed import as_completed
 
     slots = cluster_slots(client)
     tune_cluster(client)
     # ship the (possibly large) task object to every worker once, not once per task
-    [shared] = client.scatter([func], broadcast=True, hash=False)
+    shared = client.scatter([func], broadcast=True, hash=False)[0]
     batches = iter(_batches(items, slots, MAX_TASKS))
     window = 2 * slots
     pending = as_completed()
-    in_flight: set[Any] = set()
+    in_flight: dict[Any, tuple[list[T], int]] = {}
 
-    def submit() -> bool:
-        batch = next(batches, None)
+    def submit(batch: list[T] | None = None, tries: int = 0) -> bool:
+        batch = next(batches, None) if batch is None else batch
         if batch is None:
             return False
         fut = client.submit(_apply_batch, batch, task=shared, pure=False)
-        in_flight.add(fut)
+        in_flight[fut] = (batch, tries)
         pending.add(fut)
         return True
 
@@ -202,10 +206,22 @@ def _run_client(
         while len(in_flight) < window and submit():
             pass
         for fut in pending:
-            results = fut.result()
-            in_flight.discard(fut)
-            fut.release()
-            del fut
+            batch, tries = in_flight.pop(fut)
+            try:
+                results = fut.result()
+            except CancelledError:
+                # a worker loss can take a task (or the scattered task object) with it:
+                # run the batch again (blocks are written whole, so a rerun is harmless)
+                if tries >= MAX_RETRIES:
+                    raise
+                logger.warning("a cluster task was lost; resubmitting %d item(s)", len(batch))
+                if shared.status != "finished":
+                    shared = client.scatter([func], broadcast=True, hash=False)[0]
+                submit(batch, tries + 1)
+                continue
+            finally:
+                fut.release()
+                del fut
             submit()
             for item, res in results:
                 bar.update()

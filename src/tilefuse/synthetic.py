@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy import ndimage
 
+from tilefuse.source import Source
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
@@ -15,6 +17,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Mosaic",
+    "SampleTile",
     "ShadedMosaic",
     "SyntheticSample",
     "cut_tiles",
@@ -335,3 +338,63 @@ class SyntheticSample:
             best[sl][take] = d2[take]
             out[sl][take] = idx + 1
         return out
+
+
+class SampleTile(Source):
+    """A tile of a `SyntheticSample`, generated region by region on read (never held).
+
+    Overlapping tiles cut from one sample agree exactly, so lazy mosaics of any
+    size (tens of GB) can be fused and checked without writing tiles to disk.
+    Picklable (the sample travels with it), so it runs on dask workers too.
+
+    Parameters
+    ----------
+    sample : SyntheticSample
+        The sample to cut from.
+    start : sequence of 3 ints
+        (z, y, x) voxel of the sample at the tile's first voxel.
+    shape : sequence of 3 ints
+        Tile shape (z, y, x); must lie inside the sample.
+    kind : {"image", "labels"}
+        Which of the sample's volumes the tile shows.
+    label_offset : int
+        Added to every nonzero label (``kind="labels"``), e.g. to make huge IDs.
+    """
+
+    def __init__(
+        self,
+        sample: SyntheticSample,
+        start: Sequence[int],
+        shape: Sequence[int],
+        *,
+        kind: str = "image",
+        label_offset: int = 0,
+    ) -> None:
+        self.sample = sample
+        self.start = tuple(int(v) for v in start)
+        size = tuple(int(v) for v in shape)
+        if any(a < 0 or a + n > m for a, n, m in zip(self.start, size, sample.shape, strict=True)):
+            msg = f"tile at {self.start} of shape {size} leaves the sample {sample.shape}"
+            raise ValueError(msg)
+        if kind not in ("image", "labels"):
+            msg = f"kind must be 'image' or 'labels', not {kind!r}"
+            raise ValueError(msg)
+        self.kind, self.label_offset = kind, int(label_offset)
+        self._shape = (1, *size)  # type: ignore[assignment]
+        if kind == "image":
+            self._dtype = sample.dtype
+        else:
+            self._dtype = np.dtype(
+                np.uint64 if label_offset + sample.n_objects >= 2**32 else np.uint32
+            )
+
+    def _read(self, region: Any) -> NDArray[Any]:
+        glob = tuple(
+            slice(a + s.start, a + s.stop) for a, s in zip(self.start, region, strict=True)
+        )
+        if self.kind == "image":
+            return self.sample.image(glob)[None]
+        lab = self.sample.labels(glob).astype(self._dtype)
+        if self.label_offset:
+            lab[lab > 0] += self._dtype.type(self.label_offset)
+        return lab[None]
