@@ -180,3 +180,59 @@ def test_write_array_from_memmap_then_pyramid(tmp_path):
     np.testing.assert_array_equal(g.read(level=1), downsample(img, (2, 2, 2)))
     with pytest.raises(ValueError, match="data shape"):
         g.write_array(img[:, :10])
+
+
+# ome-zarr-py 0.18 warns about its own Scaler even when given scale_factors
+@pytest.mark.filterwarnings("ignore:Call to deprecated class Scaler:DeprecationWarning")
+def test_store_written_by_ome_zarr_py_takes_labels_in_its_own_chunking(tmp_path):
+    """ome-zarr-py names levels s0, s1, halves only y and x, and chunks as asked."""
+    from ome_zarr.writer import write_image
+
+    img, truth = make_volume((16, 64, 72), seed=4, blob_radius=3, n_blobs=25)
+    path = tmp_path / "ozp.ome.zarr"
+    root = zarr.open_group(str(path), mode="w")
+    write_image(img, root, axes="zyx", scale_factors=(2,), storage_options={"chunks": (8, 16, 16)})
+    assert sorted(root.array_keys()) == ["s0", "s1"]
+
+    image = MultiScaleGroup.open(path, mode="r+")
+    assert image.n_levels == 2
+    np.testing.assert_array_equal(image.read(), img)
+    np.testing.assert_array_equal(image.read(level=1), root["s1"][:])
+    assert image.step_factors(1) == [1, 2, 2]  # ome-zarr-py's, not tilefuse's default (2, 2, 2)
+    assert image.block_shape() == (8, 16, 16)
+
+    # label tiles cut from the ground truth, on the image's grid (voxel size 1, origin 0)
+    m = cut_tiles(truth, (2, 2), overlap=0.25)
+    tiles = Tileset.from_arrays(m.tiles, m.offsets_px.astype(float))
+    labels = tiles.fuse_labels(path, name="cells")
+    assert image.labels == ["cells"]
+    assert labels.n_levels == image.n_levels == 2
+    np.testing.assert_array_equal(labels.read(), truth)
+    # the image's chunking, not 1x1x1; the image's pyramid factors
+    assert tuple(labels[0].chunks) == tuple(root["s0"].chunks) == (8, 16, 16)
+    assert labels[1].shape == root["s1"].shape == (16, 32, 36)
+    assert labels.step_factors(1) == image.step_factors(1)
+    # the labels' level 1 is the mode of 1x2x2 windows: its IDs are the image's level-0 IDs
+    assert set(np.unique(labels.read(level=1))) <= set(np.unique(truth))
+    # the user's image arrays are untouched
+    np.testing.assert_array_equal(zarr.open_group(str(path), mode="r")["s0"][:], img)
+    ome_zarr_models.open_ome_zarr(zarr.open_group(str(path), mode="r"))
+    ome_zarr_models.open_ome_zarr(zarr.open_group(str(path / "labels"), mode="r"))
+    ome_zarr_models.open_ome_zarr(zarr.open_group(str(path / "labels" / "cells"), mode="r"))
+
+
+def test_foreign_store_without_dataset_paths_is_refused(tmp_path):
+    path = tmp_path / "bad.ome.zarr"
+    root = zarr.open_group(str(path), mode="w")
+    root.create_array("s0", shape=(2, 4, 4), dtype="uint8")
+    ms = {
+        "axes": [{"name": a, "type": "space"} for a in "zyx"],
+        "datasets": [{"coordinateTransformations": [{"type": "scale", "scale": [1, 1, 1]}]}],
+    }
+    root.attrs["ome"] = {"version": "0.5", "multiscales": [ms]}
+    with pytest.raises(StoreError, match="malformed 'multiscales'"):
+        MultiScaleGroup.open(path)
+    ms["datasets"][0]["path"] = "missing"
+    root.attrs["ome"] = {"version": "0.5", "multiscales": [ms]}
+    with pytest.raises(StoreError, match="'missing' is not a zarr array"):
+        MultiScaleGroup.open(path)

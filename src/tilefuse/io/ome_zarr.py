@@ -254,6 +254,34 @@ class MultiScaleGroup:
             raise StoreError(msg)
         if not self._info and ms:  # a foreign store: derive what we need from its metadata
             self._info = _info_from_multiscales(ms[0], ome, self.path)
+            self._info.update(self._array_info())
+
+    def _array_info(self) -> dict[str, Any]:
+        """Chunks, shards and dtype of a foreign store, as its level-0 array has them."""
+        node = self.group.get(self._level_path(0))
+        if not isinstance(node, zarr.Array):
+            msg = f"{self.path}: multiscales dataset {self._level_path(0)!r} is not a zarr array"
+            raise StoreError(msg)
+        shards = node.shards
+        return {
+            "chunks": [int(c) for c in node.chunks[-3:]],
+            "shards": [int(s) for s in shards[-3:]] if shards is not None else None,
+            "dtype": str(node.dtype),
+        }
+
+    def _level_path(self, level: int) -> str:
+        """The array path of ``level`` (``datasets[level].path``; ``"0"``, ``"1"``... by default).
+
+        A level beyond those listed continues the store's own naming
+        (``s0, s1`` -> ``s2``) when the listed paths are a prefix plus the level.
+        """
+        paths = self._info.get("level_paths") or []
+        if level < len(paths):
+            return str(paths[level])
+        prefix = str(paths[0])[:-1] if paths else ""
+        if paths and all(str(p) == f"{prefix}{i}" for i, p in enumerate(paths)):
+            return f"{prefix}{level}"
+        return str(level)
 
     # -- properties -----------------------------------------------------------------
     @property
@@ -296,7 +324,7 @@ class MultiScaleGroup:
     def n_levels(self) -> int:
         """Number of resolution levels present."""
         n = 0
-        while n in self._arrays or isinstance(self.group.get(str(n)), zarr.Array):
+        while n in self._arrays or isinstance(self.group.get(self._level_path(n)), zarr.Array):
             n += 1
         return n
 
@@ -308,7 +336,7 @@ class MultiScaleGroup:
     def __getitem__(self, level: int) -> zarr.Array:
         arr = self._arrays.get(level)
         if arr is None:
-            node = self.group[str(level)]
+            node = self.group[self._level_path(level)]
             assert isinstance(node, zarr.Array)
             arr = node
             self._arrays[level] = arr
@@ -490,7 +518,7 @@ class MultiScaleGroup:
             comp = _codecs(info["kind"], 2, info["compression"])
             kwargs["compressors"] = [comp] if comp is not None else None
         return self.group.create_array(
-            str(level),
+            self._level_path(level),
             shape=shape,
             dtype=np.dtype(info["dtype"]),
             chunks=(*lead, *chunks),
@@ -546,6 +574,9 @@ class MultiScaleGroup:
             raise ValueError(msg)
         prev = self[level - 1]
         lf = list(self._info.get("level_factors", []))[: level - 1]
+        planned = self._info.get("pyramid_factors") or []
+        if factors is None and level - 1 < len(planned):  # labels follow their image's pyramid
+            factors = planned[level - 1]
         if factors is None:
             factors = downsample_factors(prev.shape, self.level_voxel_size(level - 1).tolist())
         f = tuple(int(x) for x in factors)
@@ -606,7 +637,7 @@ class MultiScaleGroup:
         shape = self[0].shape
         lshape = (1, *shape[-3:]) if len(shape) == 4 else shape[-3:]
         info = self._info
-        return MultiScaleGroup.create(
+        labels = MultiScaleGroup.create(
             labels_path / name,
             shape=lshape,
             dtype=dtype,
@@ -621,6 +652,28 @@ class MultiScaleGroup:
             kind="label",
             overwrite=overwrite,
         )
+        # the label pyramid downsamples as the image's does, level by level
+        labels.set_attribute(
+            "pyramid_factors", [self.step_factors(k) for k in range(1, self.n_levels)]
+        )
+        return labels
+
+    def step_factors(self, level: int) -> list[int]:
+        """Downsampling factors (z, y, x) from ``level - 1`` to ``level``.
+
+        From the levels' voxel sizes (as the metadata declares them), checked
+        against the array shapes; a store written by another tool may use any
+        factors (ome-zarr-py halves only y and x by default).
+        """
+        if not 1 <= level < self.n_levels:
+            msg = f"{self.path}: no level {level} (levels 0..{self.n_levels - 1})"
+            raise ValueError(msg)
+        ratio = self.level_voxel_size(level) / self.level_voxel_size(level - 1)
+        f = [max(round(float(r)), 1) for r in ratio]
+        a, b = self[level - 1].shape[-3:], self[level].shape[-3:]
+        if any(-(-n // k) != m for n, k, m in zip(a, f, b, strict=True)):
+            f = [max(round(n / m), 1) for n, m in zip(a, b, strict=True)]
+        return f
 
     @property
     def labels(self) -> list[str]:
@@ -656,7 +709,7 @@ class MultiScaleGroup:
                 scale, trans = [1.0, *scale], [0.0, *trans]
             datasets.append(
                 {
-                    "path": str(i),
+                    "path": self._level_path(i),
                     "coordinateTransformations": [
                         {"type": "scale", "scale": scale},
                         {"type": "translation", "translation": trans},
@@ -833,6 +886,7 @@ def _info_from_multiscales(ms: dict[str, Any], ome: dict[str, Any], path: Path) 
         )
         sp = [axes.index(a) for a in "zyx" if a in axes]
         units = [a.get("unit") for a in ms["axes"] if a.get("type") == "space"]
+        paths = [str(ds["path"]) for ds in ms["datasets"]]
     except (KeyError, StopIteration, ValueError) as e:
         msg = f"{path}: malformed 'multiscales' metadata ({e})"
         raise StoreError(msg) from e
@@ -858,8 +912,7 @@ def _info_from_multiscales(ms: dict[str, Any], ome: dict[str, Any], path: Path) 
         "unit": units[0] if units and units[0] else "micrometer",
         "name": ms.get("name", path.name),
         "channel_names": None,
-        "chunks": [1, 1, 1],
+        "level_paths": paths,
         "compression": "default",
-        "dtype": "",
         "methods": [],
     }
