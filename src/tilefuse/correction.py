@@ -518,6 +518,15 @@ def estimate_corrections(
             if o is not None:
                 o[:, c] = sol.offsets
             reference = ref if reference is None else reference
+            if sol.unlinked:
+                logger.warning(
+                    "channel %d: %d tile(s) have no usable intensity link to the reference tile "
+                    "%d and keep gain 1 (blank or featureless overlaps): %s",
+                    c,
+                    len(sol.unlinked),
+                    ref,
+                    [tiles[k].name for k in sol.unlinked],
+                )
             links[str(c)] = {
                 "kept": len(sol.kept),
                 "dropped": [list(x) for x in sol.dropped],

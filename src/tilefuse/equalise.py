@@ -312,7 +312,7 @@ def solve_gains(
     comp = _components(n_tiles, [(s.i, s.j) for s in kept])
     unlinked = [k for k in range(n_tiles) if comp[k] != comp[reference]]
     if unlinked:
-        logger.warning(
+        logger.info(
             "%d tile(s) have no usable intensity link to the reference tile %d (kept at gain "
             "1): %s",
             len(unlinked),
