@@ -222,13 +222,17 @@ def test_pyramid_level_translation_follows_the_method(tmp_path, method):
             np.testing.assert_array_equal(lvl, np.indices(lvl.shape)[2] + 1)
 
 
-def test_bdv_export_declares_the_centres_of_its_voxels(tmp_path):
+@pytest.mark.parametrize("route", ["store", "fused"])
+def test_bdv_export_declares_the_centres_of_its_voxels(tmp_path, route):
     h5py = pytest.importorskip("h5py")
     from lxml import etree
 
     ts = mosaic((0.0, 0.25, 0.5), (0.4, 0.17, 0.17))
-    group = ts.fuse(tmp_path / "f.ome.zarr", blend="linear")
-    h5, xml = group.to_bdv(tmp_path / "f.h5")
+    if route == "store":  # an OME-Zarr store exported to BDV
+        group = ts.fuse(tmp_path / "f.ome.zarr", blend="linear")
+        h5, xml = group.to_bdv(tmp_path / "f.h5")
+    else:  # fused straight into BDV-HDF5
+        h5, xml = ts.to_bdv(tmp_path / "f.h5", fused=True, blend="linear")
     root = etree.parse(str(xml)).getroot()
     vals = [float(v) for v in root.find(".//ViewRegistration/ViewTransform/affine").text.split()]
     m = np.array(vals).reshape(3, 4)  # XYZ rows and columns
@@ -311,3 +315,17 @@ def test_one_voxel_object_centroid_is_its_voxel_centre(tmp_path):
     np.testing.assert_allclose(per_tile.centroid, want)
     pts_local = np.array([(0, *p) for _, p in sorted(pts.items())], float)
     np.testing.assert_allclose(Tileset([tile]).local_to_global(pts_local), want)
+
+
+def test_surface_heights_are_plane_centres():
+    from tilefuse.surfaces import tile_surfaces
+
+    data = np.zeros((10, 4, 5), np.uint16)
+    data[3:7, :, :2] = 100  # tissue from plane 3 to plane 6 in the first two columns
+    tile = Tile.from_array(data, offset=(2.0, 0.0, 0.0), voxel_size=(0.5, 1.0, 1.0))
+    s = tile_surfaces(tile, threshold=50)
+    top, bottom = s.world_z(tile, "top"), s.world_z(tile, "bottom")
+    # plane k is centred at z = 2.0 + 0.5 k (the tile's affine maps voxel centres)
+    np.testing.assert_allclose(top[:, :2], 2.0 + 0.5 * 3)
+    np.testing.assert_allclose(bottom[:, :2], 2.0 + 0.5 * 6)
+    assert np.isnan(top[:, 2:]).all()
