@@ -157,7 +157,7 @@ def test_cli_scheduler_matches_threads_byte_for_byte(tmp_path, cli_cluster):
     np.testing.assert_allclose(t.offsets, d.offsets, atol=1e-9)
 
 
-def test_cli_scheduler_unreachable_is_one_clear_error(tmp_path, caplog, monkeypatch):
+def test_cli_scheduler_unreachable_is_one_clear_error(tmp_path, capsys, monkeypatch):
     import socket
 
     from tilefuse import cli
@@ -171,7 +171,8 @@ def test_cli_scheduler_unreachable_is_one_clear_error(tmp_path, caplog, monkeypa
     f = write_tiff(tmp_path / "a.tif", vol)
     args = ["stitch", str(f), "-o", str(tmp_path / "x.ome.zarr"), "--no-progress"]
     assert main([*args, "--scheduler", f"tcp://127.0.0.1:{port}"]) == 2
-    assert "--scheduler" in caplog.text and f"127.0.0.1:{port}" in caplog.text
+    err = capsys.readouterr().err
+    assert "--scheduler" in err and f"127.0.0.1:{port}" in err
     assert not (tmp_path / "x.ome.zarr").exists()
 
 

@@ -8,7 +8,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, cast
 
 import numpy as np
 
@@ -48,9 +48,38 @@ def _open(args: argparse.Namespace) -> Tileset:
         if getattr(args, attr, None) is not None:
             opts[key] = tuple(v) if isinstance(v := getattr(args, attr), list) else v
     ts = Tileset.open(args.input, **opts)
+    if "voxel_size" not in opts:
+        _warn_default_voxel_size(args, opts, ts)
     if getattr(args, "channels", None):
         ts = ts.select_channels([int(c) if c.isdigit() else c for c in args.channels])
     return ts
+
+
+def _warn_default_voxel_size(args: argparse.Namespace, opts: dict[str, Any], ts: Tileset) -> None:
+    """Warn when the reader's voxel size is a default, not a calibration read from the input."""
+    import inspect
+
+    from tilefuse.io.registry import find_reader, get_reader
+
+    try:
+        reader = get_reader(opts["format"]) if "format" in opts else find_reader(args.input, opts)
+        param = inspect.signature(reader.load()).parameters.get("voxel_size")
+    except Exception:  # the input opened; not knowing its reader only skips the warning
+        return
+    if param is not None and param.default not in (None, inspect.Parameter.empty):
+        logger.warning(
+            "%s holds no voxel size: using %s um (z, y, x); pass --voxel-size Z Y X",
+            args.input,
+            _fmt(ts.voxel_size.tolist()),
+        )
+
+
+def _input_name(path: str) -> str:
+    """A name for the image, from the input (not the output): its folder or file stem."""
+    p = Path(path).absolute()
+    if p.is_file() and p.name.lower().startswith("tileconfiguration"):
+        p = p.parent
+    return p.name.split(".")[0] or "tilefuse"
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -215,6 +244,13 @@ def cmd_register(args: argparse.Namespace) -> int:
     return 0
 
 
+def _set_display_window(group: Any, ts: Tileset) -> None:
+    """OMERO display window per channel: global 1-99.9 percentiles from a bounded sample."""
+    window = ts.intensity_range((1.0, 99.9))
+    pairs = [[float(lo), float(hi) if hi > lo else float(lo) + 1.0] for lo, hi in window]
+    group.set_attribute("window", pairs if len(pairs) > 1 else pairs[0])
+
+
 def cmd_stitch(args: argparse.Namespace) -> int:
     """Fuse a tileset into OME-Zarr."""
     ts = _open(args)
@@ -226,9 +262,10 @@ def cmd_stitch(args: argparse.Namespace) -> int:
     group = ts.fuse(
         args.output,
         options=_fusion_options(args),
-        output_options=_output_options(args),
+        output_options=_output_options(args, name=_input_name(args.input)),
         exec_options=_exec_options(args),
     )
+    _set_display_window(group, ts)
     shape = group[0].shape
     dt = time.perf_counter() - t0
     nbytes = int(np.prod(shape)) * group[0].dtype.itemsize
@@ -299,6 +336,18 @@ def cmd_export_bdv(args: argparse.Namespace) -> int:
     )
     _out(f"fused {len(ts)} tiles -> {h5} + {xml} (open the XML in BigDataViewer)")
     return 0
+
+
+def _positive(text: str) -> int:
+    """An integer >= 1 (argparse type)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        msg = f"expected an integer >= 1, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
 
 
 def _parse_size(text: str) -> float:
@@ -382,8 +431,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if exact and mapping.n_objects == n_true else 1
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Show each option's default, unless it is None/False or the help already says it."""
+BLEND_HELP = (
+    "how overlapping tiles combine: linear (feathered ramps), overwrite (the last tile wins), "
+    "max, mean, or centre (each voxel from the tile whose centre is nearest: no blending, "
+    "the choice for labels)"
+)
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Show option defaults (unless None/False or the help says it); keep epilogs as written."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
@@ -392,21 +448,36 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (exit status 2)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:  # type: ignore[override]
+        """Print ``PROG: error: MESSAGE (see PROG --help)`` on one line and exit 2."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``tilefuse`` command."""
-    p = argparse.ArgumentParser(
-        prog="tilefuse", description="Stitch overlapping 3D microscope tiles."
+    p = _Parser(
+        prog="tilefuse",
+        description="Stitch overlapping 3D microscope tiles. Errors print one line and exit 2; "
+        "Ctrl-C exits 130 (rerun the same stitch or dedup command to resume).",
     )
     p.add_argument("--version", action="version", version=f"tilefuse {__version__}")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = p.add_subparsers(dest="command", required=True)
+    p.add_argument(
+        "-v", "--verbose", action="store_true", help="debug logging; tracebacks on errors"
+    )
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
 
     from tilefuse.io.registry import reader_names, supported_inputs
 
     formats = f"input formats (detected by suffix and content, or --format):\n{supported_inputs()}"
 
     def add_input(sp: argparse.ArgumentParser) -> None:
-        sp.formatter_class = argparse.RawDescriptionHelpFormatter
         sp.epilog = formats
         sp.add_argument("input", help="the tiles: a file or folder in one of the formats below")
         sp.add_argument(
@@ -455,8 +526,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add_registration(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--channel", type=int, default=0, help="channel to register on")
-        sp.add_argument("--preset", default="strict", choices=["strict", "relaxed"])
-        sp.add_argument("--min-ncc", type=float, default=0.5, help="minimum link correlation")
+        sp.add_argument(
+            "--preset",
+            default="strict",
+            choices=["strict", "relaxed"],
+            help="link acceptance rules: strict drops doubtful links, relaxed keeps more",
+        )
+        sp.add_argument(
+            "--min-ncc", type=float, default=0.5, help="minimum correlation (NCC) of a kept link"
+        )
 
     sp = sub.add_parser("info", help="describe a tileset")
     add_input(sp)
@@ -489,17 +567,36 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("stitch", help="fuse a tileset into OME-Zarr")
     add_input(sp)
     sp.add_argument("-o", "--output", required=True, help="output .ome.zarr folder")
-    sp.add_argument("--blend", default=FusionOptions.blend, choices=blend_names())
-    sp.add_argument("--blend-width", type=float, default=None, help="ramp width in micrometres")
-    sp.add_argument("--levels", type=int, default=3, help="pyramid levels (default 3)")
-    sp.add_argument("--chunks", type=int, nargs=3, metavar=("Z", "Y", "X"))
-    sp.add_argument("--shards", type=int, nargs=3, metavar=("Z", "Y", "X"))
+    sp.add_argument("--blend", default=FusionOptions.blend, choices=blend_names(), help=BLEND_HELP)
     sp.add_argument(
-        "--version",
+        "--blend-width",
+        type=float,
+        default=None,
+        help="linear ramp width in micrometres (default: 10%% of the median tile extent)",
+    )
+    sp.add_argument(
+        "--levels", type=_positive, default=3, help="pyramid levels (1 = full resolution)"
+    )
+    sp.add_argument(
+        "--chunks",
+        type=_positive,
+        nargs=3,
+        metavar=("Z", "Y", "X"),
+        help="output chunk shape in voxels (default: chosen from the volume and dtype)",
+    )
+    sp.add_argument(
+        "--shards",
+        type=_positive,
+        nargs=3,
+        metavar=("Z", "Y", "X"),
+        help="output shard shape, NGFF 0.5 only (default: chosen; one shard per work block)",
+    )
+    sp.add_argument(
+        "--ngff-version",
         dest="version",
         default=OutputOptions.version,
         choices=["0.5", "0.4"],
-        help="OME-NGFF version (0.5: zarr v3 sharded; 0.4: zarr v2)",
+        help="OME-NGFF version of the output (0.5: zarr v3, sharded; 0.4: zarr v2)",
     )
     sp.add_argument(
         "--compression",
@@ -507,7 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["default", "fast", "archive", "none"],
         help="output codec: blosc-zstd1 (default), blosc-lz4 (fast), blosc-zstd5 (archive)",
     )
-    sp.add_argument("--workers", type=int, default=None, help="threads (default: all CPUs)")
+    sp.add_argument("--workers", type=_positive, default=None, help="threads (default: all CPUs)")
     add_scheduler(sp)
     sp.add_argument("--overwrite", action="store_true", help="replace an existing output")
     sp.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -531,12 +628,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_registration(sp)
     sp.add_argument(
-        "--workers", type=int, default=None, help="threads for the pairwise step (default: all)"
+        "--workers",
+        type=_positive,
+        default=None,
+        help="threads for the pairwise step (default: all)",
     )
     add_scheduler(sp)
     sp.add_argument("--report-png", help="draw tiles and links coloured by quality here")
-    sp.add_argument("--overwrite", action="store_true")
-    sp.add_argument("--no-progress", action="store_true")
+    sp.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    sp.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     sp.set_defaults(func=cmd_register)
 
     sp = sub.add_parser("dedup", help="give objects spanning several label tiles one ID")
@@ -553,23 +653,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--min-fraction",
         type=float,
         default=0.5,
-        help="min shared fraction of the smaller object within the overlap (default 0.5)",
+        help="min shared fraction of the smaller object within the overlap",
     )
     sp.add_argument("--mutual-best", action="store_true", help="link only mutual best partners")
-    sp.add_argument("--rule", default="centre", choices=label_safe_names())
+    sp.add_argument(
+        "--rule",
+        default="centre",
+        choices=label_safe_names(),
+        help="where tiles overlap, take each voxel's label from the tile whose centre is "
+        "nearest (centre) or from the last tile (overwrite); labels are never blended",
+    )
     sp.add_argument(
         "--resample-nearest",
         action="store_true",
         help="place labels on an existing image of another voxel grid by nearest neighbour "
         "(default: refuse, naming both grids)",
     )
-    sp.add_argument("--levels", type=int, default=None, help="pyramid levels (default: image's)")
+    sp.add_argument(
+        "--levels", type=_positive, default=None, help="pyramid levels (default: image's)"
+    )
     sp.add_argument("--table", help="write an objects table (CSV) here")
     sp.add_argument("--mapping", help="save the per-tile ID mapping (.npz) here")
-    sp.add_argument("--workers", type=int, default=None)
+    sp.add_argument("--workers", type=_positive, default=None, help="threads (default: all CPUs)")
     add_scheduler(sp)
-    sp.add_argument("--overwrite", action="store_true")
-    sp.add_argument("--no-progress", action="store_true")
+    sp.add_argument("--overwrite", action="store_true", help="replace existing labels")
+    sp.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     sp.set_defaults(func=cmd_dedup)
 
     sp = sub.add_parser("export-bdv", help="write BigDataViewer HDF5 + XML (per tile, or fused)")
@@ -585,12 +693,19 @@ def build_parser() -> argparse.ArgumentParser:
         "from the output suffix (.n5 -> n5). --format names the INPUT's format",
     )
     sp.add_argument("--fused", action="store_true", help="export the fused volume, not the tiles")
-    sp.add_argument("--blend", default=FusionOptions.blend, choices=blend_names())
-    sp.add_argument("--levels", type=int, default=None, help="max pyramid levels (default: BDV's)")
-    sp.add_argument("--workers", type=int, default=None)
+    sp.add_argument(
+        "--blend",
+        default=FusionOptions.blend,
+        choices=blend_names(),
+        help="with --fused: " + BLEND_HELP,
+    )
+    sp.add_argument(
+        "--levels", type=_positive, default=None, help="max pyramid levels (default: BDV's)"
+    )
+    sp.add_argument("--workers", type=_positive, default=None, help="threads (default: all CPUs)")
     add_scheduler(sp)
-    sp.add_argument("--overwrite", action="store_true")
-    sp.add_argument("--no-progress", action="store_true")
+    sp.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    sp.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     sp.set_defaults(func=cmd_export_bdv)
 
     sp = sub.add_parser(
@@ -601,11 +716,10 @@ def build_parser() -> argparse.ArgumentParser:
         "deduplicate the labels into its labels/cells, and check both against the ground "
         "truth (exit 1 if they differ). More rows/columns make a bigger sample; tiles are "
         "generated and checked block by block, so memory does not grow with --size.",
-        formatter_class=_HelpFormatter,
     )
     sp.add_argument("folder", help="output folder (created; its demo files are replaced)")
-    sp.add_argument("--rows", type=int, default=3, help="tile rows (y)")
-    sp.add_argument("--cols", type=int, default=3, help="tile columns (x)")
+    sp.add_argument("--rows", type=_positive, default=3, help="tile rows (y)")
+    sp.add_argument("--cols", type=_positive, default=3, help="tile columns (x)")
     sp.add_argument(
         "--size",
         type=_parse_size,
@@ -614,26 +728,161 @@ def build_parser() -> argparse.ArgumentParser:
         "default: tiles of 40 x 192 x 192 voxels)",
     )
     sp.add_argument("--seed", type=int, default=0, help="random seed of the sample")
-    sp.add_argument("--workers", type=int, default=None, help="threads (default: all CPUs)")
+    sp.add_argument("--workers", type=_positive, default=None, help="threads (default: all CPUs)")
     sp.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     sp.set_defaults(func=cmd_demo)
     return p
 
 
+#: Python keyword names in library messages whose CLI flag is not ``--`` + the name
+_API_FLAGS = {
+    "world_unit_um": "--world-unit",
+    "offsets": "--positions",
+    "version": "--ngff-version",
+    "min_overlap_voxels": "--min-overlap",
+    "min_overlap_fraction": "--min-fraction",
+}
+#: commands whose interrupted output a rerun of the same command completes
+_RESUMABLE = {"stitch", "dedup"}
+
+
+def _subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    """The parser of one subcommand."""
+    actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return cast("argparse.ArgumentParser", actions[0].choices[command])
+
+
+def _flags_of(parser: argparse.ArgumentParser, command: str | None) -> dict[str, str]:
+    """``{python_name: --flag}`` for the options of ``command``."""
+    sub = _subparser(parser, command) if command else None
+    flags: dict[str, str] = {}
+    for action in sub._actions if sub is not None else []:
+        longs = [o for o in action.option_strings if o.startswith("--")]
+        if longs:
+            flags[action.dest] = longs[0]
+            flags[longs[0][2:].replace("-", "_")] = longs[0]
+    for name, flag in _API_FLAGS.items():
+        if flag in flags.values():
+            flags[name] = flag
+    return flags
+
+
+def _speak_cli(message: str, flags: dict[str, str]) -> str:
+    """Rewrite library wording (``pass overwrite=True``) into the command's flags."""
+    import re
+
+    def flag(m: re.Match[str]) -> str:
+        name = m.group(1)
+        return (
+            flags[name]
+            + (" " if m.group(2) not in ("", "True") else "")
+            + ("" if m.group(2) in ("", "True") else m.group(2))
+        )
+
+    names = "|".join(sorted(map(re.escape, flags), key=len, reverse=True))
+    if names:
+        message = re.sub(rf"(?<![\w.-])({names})=(True\b|[^\s,;)]*)", flag, message)
+
+    def option_list(m: re.Match[str]) -> str:  # "takes no option voxel_size; it takes a, b"
+        words = [w.strip() for w in m.group(2).split(",")]
+        return m.group(1) + ", ".join(flags.get(w, w) for w in words)
+
+    message = re.sub(r"(takes no options? |it takes )([a-z_]+(?:, [a-z_]+)*)", option_list, message)
+    return " ".join(message.split())  # one line
+
+
+class _CliWords(logging.Filter):
+    """Rewrite library wording into flags in log records too (warnings name --flags)."""
+
+    def __init__(self, flags: dict[str, str]) -> None:
+        super().__init__()
+        self.flags = flags
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = _speak_cli(record.getMessage(), self.flags), None
+        return True
+
+
+def _unknown_arguments(parser: argparse.ArgumentParser, command: str, extra: list[str]) -> None:
+    """Refuse unknown arguments in one line, suggesting the nearest option of ``command``."""
+    import difflib
+
+    sub = _subparser(parser, command)
+    known = [o for a in sub._actions for o in a.option_strings if o.startswith("--")]
+    hints = []
+    for arg in (a.split("=")[0] for a in extra if a.startswith("--")):
+        if arg == "--version" and "--ngff-version" in known:
+            hints.append("the NGFF version is --ngff-version; tilefuse --version is the program's")
+        elif close := difflib.get_close_matches(arg, known, n=1):
+            hints.append(f"did you mean {close[0]}?")
+    hint = f" ({'; '.join(hints)})" if hints else ""
+    sub.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
+
+
+def _check_output_parent(args: argparse.Namespace) -> None:
+    out = getattr(args, "output", None)
+    if out is None:
+        return
+    parent = Path(out).absolute().parent
+    if args.command in ("stitch", "dedup") and Path(out).is_file():
+        msg = f"-o {out} is a file; {args.command} writes an OME-Zarr folder: choose another name"
+        raise FileExistsError(msg)
+    if not parent.is_dir():
+        msg = (
+            f"-o {out}: the folder {parent} does not exist; create it first "
+            "(tilefuse does not create it, so that a typo is not silently accepted)"
+        )
+        raise FileNotFoundError(msg)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit status."""
-    args = build_parser().parse_args(argv)
+    """Run the command line; return the exit status.
+
+    Every error ends in one line on stderr and exit status 2: tilefuse's own errors, OS errors
+    (a full disk, a read-only folder), unexpected ones (``-v`` shows the traceback). Ctrl-C
+    exits 130, saying when a rerun of the same command resumes the output.
+    """
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        _unknown_arguments(parser, args.command, extra)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    flags = _flags_of(parser, args.command)
+    for handler in logging.getLogger().handlers:
+        handler.filters = [f for f in handler.filters if not isinstance(f, _CliWords)]
+        handler.addFilter(_CliWords(flags))
+    logging.captureWarnings(True)  # Python warnings as one log line each, not two
     args.client = None
     try:
+        _check_output_parent(args)
         if getattr(args, "scheduler", None):
             args.client = _connect(args.scheduler)
         return int(args.func(args))
-    except TilefuseError as e:
-        logger.error("%s", e)
+    except KeyboardInterrupt:
+        hint = (
+            "; rerun the same command to resume"
+            if args.command in _RESUMABLE
+            else "; nothing was finished"
+        )
+        sys.stderr.write(f"tilefuse {args.command}: interrupted{hint}\n")
+        return 130
+    except BrokenPipeError:  # e.g. `tilefuse info ... | head`: stop writing, quietly
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes stdout
+        sys.stderr.write(f"tilefuse {args.command}: error: output closed early (broken pipe)\n")
+        return 2
+    except Exception as e:
+        if args.verbose:
+            logger.exception("tilefuse %s failed", args.command)
+        kind = "" if isinstance(e, TilefuseError) else f"{type(e).__name__}: "
+        text = _speak_cli(f"{kind}{e}", flags)
+        more = "" if isinstance(e, (TilefuseError, OSError)) or args.verbose else " (-v: traceback)"
+        sys.stderr.write(f"tilefuse {args.command}: error: {text}{more}\n")
         return 2
     finally:
         if args.client is not None:

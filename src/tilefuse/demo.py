@@ -61,7 +61,10 @@ def tile_shape_for_size(nbytes: float, grid: tuple[int, int], z: int = 40) -> tu
     """The (z, s, s) uint16 tile shape whose ``grid`` of tiles holds about ``nbytes``."""
     s = round(float(np.sqrt(nbytes / (grid[0] * grid[1] * z * 2))))
     if s < 16:
-        msg = f"a demo of {nbytes:.3g} bytes in a {grid[0]} x {grid[1]} grid is too small"
+        msg = (
+            f"--size {nbytes:.3g} bytes is too small for a {grid[0]} x {grid[1]} grid "
+            "(tiles would be under 16 voxels wide)"
+        )
         raise ValueError(msg)
     return (z, s, s)
 

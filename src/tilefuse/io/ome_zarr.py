@@ -744,6 +744,8 @@ class MultiScaleGroup:
             else (0.0, 1.0)
         )
         window = self._info.get("window") or [lo, hi]
+        # one [start, end] for every channel, or one pair per channel
+        windows = window if np.ndim(window) == 2 else [window] * len(names)
         return {
             "name": self.name,
             "channels": [
@@ -751,7 +753,12 @@ class MultiScaleGroup:
                     "label": str(n),
                     "color": _COLORS[i % len(_COLORS)] if len(names) > 1 else "FFFFFF",
                     "active": True,
-                    "window": {"min": lo, "max": hi, "start": window[0], "end": window[1]},
+                    "window": {
+                        "min": lo,
+                        "max": hi,
+                        "start": windows[i][0],
+                        "end": windows[i][1],
+                    },
                 }
                 for i, n in enumerate(names)
             ],
