@@ -8,6 +8,7 @@ are left out of the cycle check.
 from __future__ import annotations
 
 import ast
+import builtins
 from pathlib import Path
 
 import pytest
@@ -135,3 +136,51 @@ def test_only_the_facade_knows_tileset(name):
         or base.startswith("tilefuse.tileset.")
     ]
     assert not bad, f"{path.relative_to(SRC.parent)} imports Tileset (even if only for typing)"
+
+
+def _raised_names(path: Path) -> list[tuple[int, str]]:
+    """``(line, exception class name)`` of every ``raise Name(...)`` in a file."""
+    out = []
+    for n in ast.walk(ast.parse(path.read_text())):
+        if isinstance(n, ast.Raise) and isinstance(n.exc, ast.Call):
+            func = n.exc.func
+            name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", "")
+            out.append((n.lineno, name))
+    return out
+
+
+def test_every_deliberate_error_is_a_tilefuse_error():
+    """Bad input gets a `TilefuseError` subclass (which also subclasses the matching builtin)."""
+    import tilefuse.errors as errors
+
+    family = {
+        name
+        for name, obj in vars(errors).items()
+        if isinstance(obj, type) and issubclass(obj, errors.TilefuseError)
+    }
+    assert set(errors.__all__) == family
+    builtin = {
+        name
+        for name, obj in vars(builtins).items()
+        if isinstance(obj, type) and issubclass(obj, BaseException)
+    }
+    builtin -= {"NotImplementedError"}  # abstract methods are not errors about input
+    bad = [
+        f"{path.relative_to(SRC.parent)}:{line}: raise {name}(...)"
+        for path in sorted(SRC.rglob("*.py"))
+        for line, name in _raised_names(path)
+        if name in builtin
+    ]
+    assert not bad, "raise a tilefuse.errors class (add one if needed):\n" + "\n".join(bad)
+
+
+def test_error_family_keeps_the_builtins_callers_catch():
+    from tilefuse import errors
+
+    assert issubclass(errors.ParameterError, ValueError)
+    assert issubclass(errors.ParameterTypeError, TypeError)
+    assert issubclass(errors.NotFoundError, KeyError)
+    assert issubclass(errors.MissingDependencyError, ImportError)
+    assert issubclass(errors.StateError, RuntimeError)
+    # a KeyError subclass that reads like the others (KeyError would quote its message)
+    assert str(errors.NotFoundError("no channel 'GFP'")) == "no channel 'GFP'"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+from tilefuse.errors import MissingDependencyError
+
 __all__ = ["require"]
 
 
@@ -35,4 +37,4 @@ def require(module: str, extra: str, feature: str) -> ModuleType:
     except ImportError as e:
         top = module.split(".")[0]
         msg = f"{feature} needs {top}: pip install 'tilefuse[{extra}]' (or pip install {top})"
-        raise ImportError(msg) from e
+        raise MissingDependencyError(msg) from e

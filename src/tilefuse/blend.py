@@ -42,6 +42,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple
 
 import numpy as np
 
+from tilefuse.errors import ParameterError
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
@@ -430,10 +432,10 @@ def register_blend(blend: Blend, *, replace: bool = False) -> Blend:
     """
     if not isinstance(blend, Blend) or not blend.name:
         msg = f"a blend mode must be a Blend instance with a name, got {blend!r}"
-        raise ValueError(msg)
+        raise ParameterError(msg)
     if blend.name in _REGISTRY and not replace:
         msg = f"blend mode {blend.name!r} is already registered (pass replace=True)"
-        raise ValueError(msg)
+        raise ParameterError(msg)
     _REGISTRY[blend.name] = blend
     return blend
 
@@ -457,7 +459,7 @@ def get_blend(blend: str | Blend) -> Blend:
         return _REGISTRY[blend]
     except (KeyError, TypeError):
         msg = f"blend must be one of {blend_names()}, got {blend!r}"
-        raise ValueError(msg) from None
+        raise ParameterError(msg) from None
 
 
 def blend_names() -> tuple[str, ...]:

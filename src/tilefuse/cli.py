@@ -14,7 +14,7 @@ import numpy as np
 
 from tilefuse._version import __version__
 from tilefuse.blend import blend_names, label_safe_names
-from tilefuse.errors import TilefuseError
+from tilefuse.errors import MissingTileError, OutputExistsError, TilefuseError
 from tilefuse.options import ExecOptions, FusionOptions, OutputOptions
 
 if TYPE_CHECKING:
@@ -826,13 +826,13 @@ def _check_output_parent(args: argparse.Namespace) -> None:
     parent = Path(out).absolute().parent
     if args.command in ("stitch", "dedup") and Path(out).is_file():
         msg = f"-o {out} is a file; {args.command} writes an OME-Zarr folder: choose another name"
-        raise FileExistsError(msg)
+        raise OutputExistsError(msg)
     if not parent.is_dir():
         msg = (
             f"-o {out}: the folder {parent} does not exist; create it first "
             "(tilefuse does not create it, so that a typo is not silently accepted)"
         )
-        raise FileNotFoundError(msg)
+        raise MissingTileError(msg)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tilefuse.errors import NotFoundError
+
 __all__ = ["REGISTRY", "SampleFile", "cache_dir", "fetch", "fetch_all", "find", "verify"]
 
 logger = logging.getLogger(__name__)
@@ -254,7 +256,7 @@ def fetch(name: str, *, downloader: Any = None) -> Path:
     """
     if name not in REGISTRY:
         msg = f"{name!r} is not a tilefuse sample file; known: {', '.join(REGISTRY)}"
-        raise KeyError(msg)
+        raise NotFoundError(msg)
     return Path(_pooch().fetch(name, downloader=downloader))
 
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from tilefuse.errors import ParameterError
 from tilefuse.io.tiff import write_tiff
 from tilefuse.io.tileconfig import write_tileconfig
 from tilefuse.synthetic import SyntheticSample
@@ -65,7 +66,7 @@ def tile_shape_for_size(nbytes: float, grid: tuple[int, int], z: int = 40) -> tu
             f"--size {nbytes:.3g} bytes is too small for a {grid[0]} x {grid[1]} grid "
             "(tiles would be under 16 voxels wide)"
         )
-        raise ValueError(msg)
+        raise ParameterError(msg)
     return (z, s, s)
 
 

@@ -12,11 +12,16 @@ __all__ = [
     "GridMismatchError",
     "IncompatibleTilesError",
     "LabelError",
+    "MissingDependencyError",
     "MissingTileError",
+    "NotFoundError",
     "OutputExistsError",
+    "ParameterError",
+    "ParameterTypeError",
     "ReaderOptionError",
     "RegionError",
     "SelectionError",
+    "StateError",
     "StoreError",
     "TileConfigError",
     "TilefuseError",
@@ -78,3 +83,27 @@ class CorrectionError(TilefuseError, ValueError):
 
 class GridMismatchError(IncompatibleTilesError):
     """Two voxel grids that must coincide do not (voxel size, origin, shape or placement)."""
+
+
+class ParameterError(TilefuseError, ValueError):
+    """An argument has a value tilefuse cannot use (an unknown mode, a bad shape, out of range)."""
+
+
+class ParameterTypeError(TilefuseError, TypeError):
+    """An argument has a type tilefuse cannot use."""
+
+
+class NotFoundError(TilefuseError, KeyError):
+    """A channel, view, timepoint or sample file asked for by name or id does not exist."""
+
+    def __str__(self) -> str:
+        # KeyError quotes its message; this one reads like the others
+        return str(self.args[0]) if self.args else ""
+
+
+class MissingDependencyError(TilefuseError, ImportError):
+    """An optional dependency a feature needs is not installed (the message says which)."""
+
+
+class StateError(TilefuseError, RuntimeError):
+    """An object was used out of order (e.g. a block writer before ``begin``)."""

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from tilefuse.blend import Blend, BlockContext, Part, get_blend, ramp
-from tilefuse.errors import EmptyTilesetError, IncompatibleTilesError
+from tilefuse.errors import EmptyTilesetError, IncompatibleTilesError, ParameterError
 from tilefuse.geometry import INTEGER_TOL, is_translation, nearest_index
 from tilefuse.options import ExecOptions, FusionOptions
 from tilefuse.parallel import imap_unordered
@@ -126,7 +126,7 @@ class FusionPlan:
             raise EmptyTilesetError(msg)
         if priority not in ("last", "first"):
             msg = f"priority must be 'last' or 'first', got {priority!r}"
-            raise ValueError(msg)
+            raise ParameterError(msg)
         self.tiles = tuple(tiles)
         self.grid = grid
         self.blend_mode = get_blend(blend)
@@ -135,7 +135,7 @@ class FusionPlan:
         self.priority = priority
         if interpolation not in ("linear", "nearest"):
             msg = f"interpolation must be 'linear' or 'nearest', got {interpolation!r}"
-            raise ValueError(msg)
+            raise ParameterError(msg)
         self.interpolation = interpolation
         self.dtype = np.dtype(self.tiles[0].dtype)
         self.n_channels = self.tiles[0].n_channels

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from tilefuse.errors import ParameterError
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
@@ -276,7 +278,7 @@ def nearest_indices_separable(
     m = np.linalg.inv(np.asarray(source_affine, dtype=float)) @ np.asarray(target_affine, float)
     if not is_translation(m):
         msg = "nearest_indices_separable needs two axis-aligned grids (no rotation between them)"
-        raise ValueError(msg)
+        raise ParameterError(msg)
     out = []
     for ax, r in enumerate(target_region):
         cont = m[ax, ax] * np.arange(r.start, r.stop, dtype=float) + m[ax, 3]

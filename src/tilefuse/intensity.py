@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from tilefuse.errors import ParameterError
 from tilefuse.layout import Layout
 from tilefuse.source import WrappedSource, full_region
 
@@ -89,7 +90,7 @@ class ScaledSource(WrappedSource):
         self.high = np.broadcast_to(np.asarray(high, dtype=np.float64), (c,)).copy()
         if np.any(self.high <= self.low):
             msg = f"intensity range must have high > low, got {self.low} .. {self.high}"
-            raise ValueError(msg)
+            raise ParameterError(msg)
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -167,11 +168,11 @@ def preview(
         k = int(np.floor((zz - grid.origin[0]) / grid.voxel_size[0] + 0.5 + 1e-9))
         if not 0 <= k < grid.shape[0]:
             msg = f"z = {zz} um is outside the tileset ({lo[0]} .. {hi[0]} um)"
-            raise ValueError(msg)
+            raise ParameterError(msg)
         out = plan.render((slice(k, k + 1), slice(0, ny), slice(0, nx)))[:, 0]
     else:
         msg = f"projection must be None or 'max', got {projection!r}"
-        raise ValueError(msg)
+        raise ParameterError(msg)
     return out[0] if out.shape[0] == 1 else out
 
 
@@ -193,7 +194,7 @@ def to_png(
         img = np.moveaxis(img, 0, -1)
     elif img.ndim != 2:
         msg = f"to_png takes a 2D image or (3, y, x) RGB, got shape {img.shape}"
-        raise ValueError(msg)
+        raise ParameterError(msg)
     path = Path(path)
     path.write_bytes(imagecodecs.png_encode(_to_uint8(img, p)))
     return path

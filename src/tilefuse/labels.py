@@ -21,7 +21,7 @@ from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 from tqdm import tqdm
 
-from tilefuse.errors import GridMismatchError, LabelError
+from tilefuse.errors import GridMismatchError, LabelError, ParameterTypeError
 from tilefuse.geometry import nearest_indices_separable
 from tilefuse.layout import Layout
 from tilefuse.source import WrappedSource
@@ -123,7 +123,7 @@ class LabelTable:
             "a LabelTable is sparse: use table[labels] to map, table.keys / table.values for "
             "its entries, len(table) for its size"
         )
-        raise TypeError(msg)
+        raise ParameterTypeError(msg)
 
     def __getstate__(self) -> dict[str, Any]:
         return {"keys": self.keys, "values": self.values}

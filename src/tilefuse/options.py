@@ -23,6 +23,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
+from tilefuse.errors import ParameterError, ParameterTypeError
+
 __all__ = ["ExecOptions", "FusionOptions", "OutputOptions", "with_overrides"]
 
 Compression = Literal["default", "fast", "archive", "none"]
@@ -66,10 +68,10 @@ class FusionOptions:
     def __post_init__(self) -> None:
         if self.priority not in ("last", "first"):
             msg = f"priority must be 'last' or 'first', got {self.priority!r}"
-            raise ValueError(msg)
+            raise ParameterError(msg)
         if self.interpolation not in ("linear", "nearest"):
             msg = f"interpolation must be 'linear' or 'nearest', got {self.interpolation!r}"
-            raise ValueError(msg)
+            raise ParameterError(msg)
         for key in ("blend_width", "voxel_size"):
             value = getattr(self, key)
             if value is not None and not isinstance(value, (int, float)):
@@ -119,18 +121,18 @@ class OutputOptions:
     def __post_init__(self) -> None:
         if self.levels is not None and int(self.levels) < 1:
             msg = f"levels must be at least 1, got {self.levels}"
-            raise ValueError(msg)
+            raise ParameterError(msg)
         if self.version not in ("0.4", "0.5"):
             msg = f"version must be '0.4' or '0.5', got {self.version!r}"
-            raise ValueError(msg)
+            raise ParameterError(msg)
         if self.compression not in _COMPRESSIONS:
             msg = f"compression must be one of {_COMPRESSIONS}, got {self.compression!r}"
-            raise ValueError(msg)
+            raise ParameterError(msg)
         if self.chunks is not None:
             chunks = tuple(int(c) for c in self.chunks)
             if len(chunks) != 3 or min(chunks) < 1:
                 msg = f"chunks must be 3 positive ints (z, y, x), got {self.chunks}"
-                raise ValueError(msg)
+                raise ParameterError(msg)
             object.__setattr__(self, "chunks", chunks)
         if self.shards is None:
             object.__setattr__(self, "shards", False)
@@ -169,11 +171,11 @@ def with_overrides(options: OptionsT | None, cls: type[OptionsT], /, **overrides
     base = cls() if options is None else options
     if not isinstance(base, cls):
         msg = f"expected {cls.__name__}, got {type(base).__name__}"
-        raise TypeError(msg)
+        raise ParameterTypeError(msg)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(overrides) - names
     if unknown:
         msg = f"{cls.__name__} has no field(s) {sorted(unknown)}"
-        raise TypeError(msg)
+        raise ParameterTypeError(msg)
     changes = {k: v for k, v in overrides.items() if v is not None}
     return dataclasses.replace(base, **changes) if changes else base

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from tilefuse.errors import ParameterError
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
@@ -142,7 +144,7 @@ def downsample(a: NDArray[Any], factors: Sequence[int], method: Method = "mean")
     factors = tuple(int(f) for f in factors)
     if len(factors) != 3 or min(factors) < 1:
         msg = f"factors must be 3 integers >= 1, got {factors}"
-        raise ValueError(msg)
+        raise ParameterError(msg)
     if factors == (1, 1, 1):
         return a.copy()
     if method == "mean":
@@ -152,4 +154,4 @@ def downsample(a: NDArray[Any], factors: Sequence[int], method: Method = "mean")
     if method == "nearest":
         return _nearest(a, factors)
     msg = f"method must be one of {METHODS}, got {method!r}"
-    raise ValueError(msg)
+    raise ParameterError(msg)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import zarr
 
-from tilefuse.errors import OutputExistsError
+from tilefuse.errors import OutputExistsError, ParameterError
 from tilefuse.parallel import imap_unordered
 from tilefuse.source import ArraySource
 
@@ -59,7 +59,7 @@ class _TileTask:
                 f"map_tiles: func returned shape {out.shape} for tile {tile.name!r} region "
                 f"of shape {want}; it must return one value per voxel (z, y, x)"
             )
-            raise ValueError(msg)
+            raise ParameterError(msg)
         return out
 
     def __call__(self, i: int) -> str:

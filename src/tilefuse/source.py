@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
-from tilefuse.errors import RegionError
+from tilefuse.errors import ParameterError, RegionError, SelectionError
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -359,7 +359,7 @@ class ArraySource(Source):
             msg = (
                 f"tile arrays must be 2D (y, x), 3D (z, y, x) or 4D (c, z, y, x); got {array.ndim}D"
             )
-            raise ValueError(msg)
+            raise ParameterError(msg)
         self._array = array
         self._lead = 4 - array.ndim
         s = (1,) * self._lead + tuple(int(n) for n in array.shape)
@@ -394,10 +394,10 @@ class DownscaledSource(WrappedSource):
     def __init__(self, source: Any, factors: tuple[int, int, int], method: str = "mean") -> None:
         if method not in ("mean", "stride"):
             msg = f"downscale method must be 'mean' or 'stride', got {method!r}"
-            raise ValueError(msg)
+            raise ParameterError(msg)
         if len(factors) != 3 or min(factors) < 1:
             msg = f"downscale factors must be 3 integers >= 1, got {factors}"
-            raise ValueError(msg)
+            raise ParameterError(msg)
         self.source, self.factors, self.method = source, tuple(int(f) for f in factors), method
         c, *sp = source.shape
         z, y, x = (-(-n // f) for n, f in zip(sp, self.factors, strict=True))
@@ -434,7 +434,7 @@ class ChannelSubset(WrappedSource):
         n = source.shape[0]
         if not channels or any(not 0 <= c < n for c in channels):
             msg = f"channel indices must be in [0, {n}); got {channels}"
-            raise IndexError(msg)
+            raise SelectionError(msg)
         self.source, self.channels = source, list(channels)
         _, z, y, x = source.shape
         self._shape = (len(self.channels), z, y, x)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy import ndimage
 
+from tilefuse.errors import ParameterError
 from tilefuse.source import Source
 
 if TYPE_CHECKING:
@@ -375,10 +376,10 @@ class SampleTile(Source):
         size = tuple(int(v) for v in shape)
         if any(a < 0 or a + n > m for a, n, m in zip(self.start, size, sample.shape, strict=True)):
             msg = f"tile at {self.start} of shape {size} leaves the sample {sample.shape}"
-            raise ValueError(msg)
+            raise ParameterError(msg)
         if kind not in ("image", "labels"):
             msg = f"kind must be 'image' or 'labels', not {kind!r}"
-            raise ValueError(msg)
+            raise ParameterError(msg)
         self.kind, self.label_offset = kind, int(label_offset)
         self._shape = (1, *size)  # type: ignore[assignment]
         if kind == "image":

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tilefuse.errors import ParameterError, ParameterTypeError
 from tilefuse.geometry import affine_from_offset, box_of, is_translation
 from tilefuse.source import ArraySource, PixelSource, normalize_region
 
@@ -31,16 +32,16 @@ def parse_affine(affine: ArrayLike) -> NDArray[np.float64]:
     a = np.array(affine, dtype=float)
     if a.shape != (4, 4):
         msg = f"a tile affine must be 4x4, got shape {a.shape}"
-        raise ValueError(msg)
+        raise ParameterError(msg)
     if not np.all(np.isfinite(a)):
         msg = f"a tile affine must be finite, got {a.tolist()}"
-        raise ValueError(msg)
+        raise ParameterError(msg)
     if not np.allclose(a[3], [0, 0, 0, 1]):
         msg = f"the last row of a tile affine must be (0, 0, 0, 1), got {a[3].tolist()}"
-        raise ValueError(msg)
+        raise ParameterError(msg)
     if abs(np.linalg.det(a[:3, :3])) < 1e-12:
         msg = f"a tile affine must be invertible, got {a.tolist()}"
-        raise ValueError(msg)
+        raise ParameterError(msg)
     a.setflags(write=False)
     return a
 
@@ -83,13 +84,13 @@ class Tile:
     def __post_init__(self) -> None:
         if not isinstance(self.source, PixelSource):
             msg = f"tile source must provide shape, dtype and read(); got {type(self.source)}"
-            raise TypeError(msg)
+            raise ParameterTypeError(msg)
         object.__setattr__(self, "affine", parse_affine(self.affine))
         n = self.source.shape[0]
         channels = tuple(self.channels) or tuple(f"ch{i}" for i in range(n))
         if len(channels) != n:
             msg = f"tile {self.name!r} has {n} channels but {len(channels)} channel names"
-            raise ValueError(msg)
+            raise ParameterError(msg)
         object.__setattr__(self, "channels", channels)
 
     @classmethod
@@ -234,7 +235,7 @@ class Tile:
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> NDArray[Any]:
         if copy is False:
             msg = "reading a tile always copies; copy=False is not possible"
-            raise ValueError(msg)
+            raise ParameterError(msg)
         data = self.read()
         return data if dtype is None else data.astype(dtype)
 

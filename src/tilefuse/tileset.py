@@ -16,6 +16,8 @@ from tilefuse.errors import (
     EmptyTilesetError,
     GridMismatchError,
     IncompatibleTilesError,
+    NotFoundError,
+    ParameterError,
     StoreError,
 )
 from tilefuse.io.positions import parse_offsets as _parse_offsets
@@ -90,7 +92,7 @@ class Tileset(Sequence[Tile]):
         vs = tiles[0].voxel_size if voxel_size is None else np.asarray(voxel_size, dtype=float)
         if vs.shape != (3,) or np.any(vs <= 0):
             msg = f"voxel_size must be 3 positive numbers (z, y, x), got {vs}"
-            raise ValueError(msg)
+            raise ParameterError(msg)
         self.voxel_size: NDArray[np.float64] = vs
 
     # -- construction ---------------------------------------------------------------
@@ -398,7 +400,7 @@ class Tileset(Sequence[Tile]):
         if not fused:
             if options is not None or blend is not None:
                 msg = "fusion settings (options=, blend=) apply only with fused=True"
-                raise ValueError(msg)
+                raise ParameterError(msg)
             from tilefuse.io.project import tileset_to_bdv
 
             return tileset_to_bdv(self, path, out, format=format)
@@ -812,7 +814,7 @@ class Tileset(Sequence[Tile]):
         for t in self._tiles:
             if not t.is_translation:
                 msg = f"centroids need axis-aligned tiles; {t.name!r} is rotated"
-                raise ValueError(msg)
+                raise IncompatibleTilesError(msg)
             out[t.index] = object_table(
                 _TileLabels(t),
                 voxel_size=t.voxel_size,
@@ -836,7 +838,7 @@ class Tileset(Sequence[Tile]):
             if isinstance(c, str):
                 if c not in names:
                     msg = f"no channel {c!r}; channels are {names}"
-                    raise KeyError(msg)
+                    raise NotFoundError(msg)
                 idx.append(names.index(c))
             else:
                 idx.append(int(c))
@@ -1084,10 +1086,10 @@ class Tileset(Sequence[Tile]):
         fusion = dataclasses.replace(fusion, interpolation="nearest")  # labels: never interpolated
         if resample not in (None, "nearest"):
             msg = f"resample must be None or 'nearest', got {resample!r}"
-            raise ValueError(msg)
+            raise ParameterError(msg)
         if not get_blend(fusion.blend).label_safe:
             msg = f"labels must be fused with one of {label_safe_names()}, not {fusion.blend!r}"
-            raise ValueError(msg)
+            raise ParameterError(msg)
         out = with_overrides(
             output_options,
             OutputOptions,
@@ -1185,11 +1187,11 @@ class Tileset(Sequence[Tile]):
         p = np.atleast_2d(np.asarray(points, dtype=float))
         if p.shape[1] != 4:
             msg = f"points must be rows (tile, z, y, x); got shape {p.shape}"
-            raise ValueError(msg)
+            raise ParameterError(msg)
         idx = p[:, 0].astype(int)
         if np.any(idx < 0) or np.any(idx >= len(self)) or np.any(idx != p[:, 0]):
             msg = f"tile indices must be integers in [0, {len(self)}); got {np.unique(p[:, 0])}"
-            raise ValueError(msg)
+            raise ParameterError(msg)
         aff = self._layout.placement["affine"][idx]
         return np.einsum("nij,nj->ni", aff[:, :3, :3], p[:, 1:]) + aff[:, :3, 3]
 

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
-from tilefuse.errors import OutputExistsError, StoreError
+from tilefuse.errors import OutputExistsError, StateError, StoreError
 from tilefuse.io.bdv import BdvHdf5Writer, BdvN5Writer, BdvView, bdv_writer
 from tilefuse.io.ome_zarr import MultiScaleGroup, default_chunks
 from tilefuse.options import ExecOptions, OutputOptions
@@ -125,7 +125,7 @@ class BlockWriter:
         grid: BlockGrid | None = getattr(self, "_grid", None)
         if grid is None:
             msg = f"{type(self).__name__}: call begin() first"
-            raise RuntimeError(msg)
+            raise StateError(msg)
         return grid
 
     def pending_blocks(self) -> list[Block]:

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from tilefuse.errors import OutputExistsError
+from tilefuse.errors import OutputExistsError, ParameterError
 from tilefuse.pyramid import downsample
 
 if TYPE_CHECKING:
@@ -352,7 +352,7 @@ class BdvHdf5Writer:
         for v in views:
             if np.dtype(v.data.dtype).name not in _BDV_TYPES:
                 msg = f"BigDataViewer cannot store {np.dtype(v.data.dtype)} (view {v.name!r})"
-                raise ValueError(msg)
+                raise ParameterError(msg)
         comp = _h5_filter(compression)
         self.views = list(views)
         self.h5.parent.mkdir(parents=True, exist_ok=True)
@@ -420,7 +420,7 @@ def bdv_writer(
         return BdvN5Writer(path, views, **options)
     if format != "hdf5":
         msg = f"format must be 'hdf5' or 'n5', got {format!r}"
-        raise ValueError(msg)
+        raise ParameterError(msg)
     return BdvHdf5Writer(path, views, **options)
 
 
@@ -505,10 +505,10 @@ class BdvN5Writer:
         for v in views:
             if np.dtype(v.data.dtype).name not in _BDV_TYPES:
                 msg = f"BigDataViewer cannot store {np.dtype(v.data.dtype)} (view {v.name!r})"
-                raise ValueError(msg)
+                raise ParameterError(msg)
         if compression != "none" and compression not in _GZIP_LEVELS:
             msg = f"compression must be one of {(*_GZIP_LEVELS, 'none')}, got {compression!r}"
-            raise ValueError(msg)
+            raise ParameterError(msg)
         comp = (
             {"type": "raw"}
             if compression == "none"
@@ -685,7 +685,7 @@ def _h5_filter(compression: str) -> dict[str, Any]:
         return {}
     if compression not in _GZIP_LEVELS:
         msg = f"compression must be one of {(*_GZIP_LEVELS, 'none')}, got {compression!r}"
-        raise ValueError(msg)
+        raise ParameterError(msg)
     return {"compression": "gzip", "compression_opts": _GZIP_LEVELS[compression], "shuffle": True}
 
 

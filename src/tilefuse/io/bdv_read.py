@@ -29,7 +29,13 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from tilefuse.errors import IncompatibleTilesError, MissingTileError, UnsupportedFormatError
+from tilefuse.errors import (
+    IncompatibleTilesError,
+    MissingTileError,
+    ParameterError,
+    SelectionError,
+    UnsupportedFormatError,
+)
 from tilefuse.source import Lifecycle, Source, normalize_region
 
 if TYPE_CHECKING:
@@ -371,7 +377,7 @@ class BdvFile(Lifecycle):
                 f"{self.path}: setup {setup} has {len(info.factors)} level(s) "
                 f"(0..{len(info.factors) - 1}); got level {level}"
             )
-            raise ValueError(msg)
+            raise SelectionError(msg)
         path = _cells_path(timepoint, setup, level)
         try:
             ds = f[path]
@@ -458,14 +464,14 @@ class BdvSource(Source):
         self.setups = [int(s) for s in self.setups]
         if not self.setups:
             msg = f"{self.file.path}: BdvSource needs at least one setup"
-            raise ValueError(msg)
+            raise ParameterError(msg)
         self.timepoint, self.level = int(timepoint), int(level)
         shapes, dtypes = {}, {}
         for s in self.setups:
             lv = self.file.levels(s, self.timepoint)
             if not 0 <= self.level < len(lv):
                 msg = f"{self.file.path}: setup {s} has {len(lv)} level(s); got level {level}"
-                raise ValueError(msg)
+                raise SelectionError(msg)
             shapes[s], dtypes[s] = lv[self.level].shape, self.file.dtype(s)
         if len(set(shapes.values())) > 1 or len(set(dtypes.values())) > 1:
             detail = ", ".join(f"s{s:02d}: {shapes[s]} {dtypes[s]}" for s in self.setups)

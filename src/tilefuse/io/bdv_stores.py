@@ -39,6 +39,7 @@ import numpy as np
 from tilefuse.errors import (
     IncompatibleTilesError,
     MissingTileError,
+    ParameterError,
     SelectionError,
     UnsupportedFormatError,
 )
@@ -405,7 +406,7 @@ class BdvN5Source(Source):
         self.setups = [int(s) for s in ids]
         if not self.setups:
             msg = f"{self.n5.location}: BdvN5Source needs at least one setup"
-            raise ValueError(msg)
+            raise ParameterError(msg)
         self.timepoint, self.level = int(timepoint), int(level)
         shapes, dtypes = {}, {}
         for s in self.setups:

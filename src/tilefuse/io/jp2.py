@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from tilefuse.errors import MissingTileError, UnsupportedFormatError
+from tilefuse.errors import MissingTileError, ParameterError, UnsupportedFormatError
 from tilefuse.io.positions import read_exm_offsets, read_offsets_csv
 from tilefuse.source import Source
 
@@ -93,7 +93,7 @@ class Jp2Source(Source):
         self.path = Path(path)
         if components not in ("z", "channels"):
             msg = f"components must be 'z' or 'channels', got {components!r}"
-            raise ValueError(msg)
+            raise ParameterError(msg)
         self.components = components
         if not self.path.is_file():
             msg = f"tile file not found: {self.path}"
@@ -156,7 +156,7 @@ def write_jp2(
     data = np.asarray(data)
     if data.dtype.kind not in "ui" or data.dtype.itemsize > 2:
         msg = f"JPEG 2000 tiles must be 8- or 16-bit integers, got {data.dtype}"
-        raise ValueError(msg)
+        raise ParameterError(msg)
     img = data if data.ndim == 2 else np.ascontiguousarray(np.moveaxis(data, 0, -1))
     buf = imagecodecs.jpeg2k_encode(img, level=0, reversible=True, codecformat="jp2", mct=False)
     path = Path(path)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tilefuse.errors import MissingTileError, SelectionError, UnsupportedFormatError
+from tilefuse.errors import MissingTileError, ParameterError, SelectionError, UnsupportedFormatError
 from tilefuse.source import Source
 
 if TYPE_CHECKING:
@@ -188,7 +188,7 @@ def open_nd2(
     table = np.asarray(positions_um if positions_um is not None else stage, dtype=float)
     if table.shape != (len(sources), 3):
         msg = f"positions_um must be ({len(sources)}, 3) (stage Z, Y, X); got {table.shape}"
-        raise ValueError(msg)
+        raise ParameterError(msg)
     signs = np.asarray(DEFAULT_STAGE_SIGNS if stage_signs is None else stage_signs, dtype=float)
     offs = table * signs
     return [

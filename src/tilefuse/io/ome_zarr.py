@@ -32,7 +32,13 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import zarr
 
-from tilefuse.errors import OutputExistsError, StoreError
+from tilefuse.errors import (
+    LabelError,
+    OutputExistsError,
+    ParameterError,
+    SelectionError,
+    StoreError,
+)
 from tilefuse.parallel import imap_unordered
 from tilefuse.pyramid import METHODS, downsample, downsample_factors
 
@@ -184,15 +190,15 @@ class MultiScaleGroup:
         _prepare_output(path, overwrite)
         if version not in ("0.4", "0.5"):
             msg = f"version must be '0.4' or '0.5', got {version!r}"
-            raise ValueError(msg)
+            raise ParameterError(msg)
         shape = tuple(int(s) for s in shape)
         if len(shape) not in (3, 4) or min(shape) < 1:
             msg = f"shape must be (z, y, x) or (c, z, y, x) with positive sizes, got {shape}"
-            raise ValueError(msg)
+            raise ParameterError(msg)
         dt = np.dtype(dtype)
         if kind == "label" and not np.issubdtype(dt, np.integer):
             msg = f"label images must have an integer dtype, got {dt}"
-            raise ValueError(msg)
+            raise LabelError(msg)
         zarr_format = 3 if version == "0.5" else 2
         chunks = tuple(int(c) for c in (chunks or default_chunks(shape, dt)))
         chunks = tuple(max(1, min(c, s)) for c, s in zip(chunks, shape[-3:], strict=True))
@@ -201,7 +207,7 @@ class MultiScaleGroup:
             shard = _default_shards(shape, chunks) if shards is True else tuple(shards)  # type: ignore[arg-type]
             if any(s % c for s, c in zip(shard, chunks, strict=True)):
                 msg = f"shards {shard} must be whole multiples of chunks {chunks}"
-                raise ValueError(msg)
+                raise ParameterError(msg)
         group = zarr.open_group(str(path), mode="w", zarr_format=zarr_format)  # type: ignore[arg-type]
         n_channels = shape[0] if len(shape) == 4 else None
         info = {
@@ -417,7 +423,7 @@ class MultiScaleGroup:
                 f"{self.path}/{level}: block {tuple(region)} needs data of shape {want}, "
                 f"got {data.shape}"
             )
-            raise ValueError(msg)
+            raise ParameterError(msg)
         arr[(*lead, *region)] = data
 
     def write_array(
@@ -444,7 +450,7 @@ class MultiScaleGroup:
         """
         if tuple(data.shape) != tuple(self[0].shape):
             msg = f"{self.path}: data shape {tuple(data.shape)} != level 0 shape {self[0].shape}"
-            raise ValueError(msg)
+            raise ParameterError(msg)
         task = _CopyTask(str(self.path), data)
         todo = [b for b in self.blocks(0) if b not in self.done_blocks(0)]
         for _ in imap_unordered(
@@ -567,11 +573,11 @@ class MultiScaleGroup:
         level = n if level is None else int(level)
         if not 1 <= level <= n:
             msg = f"can add level {n} (or recompute 1..{n - 1}); got level={level}"
-            raise ValueError(msg)
+            raise ParameterError(msg)
         method = method or ("mode" if self.kind == "label" else "mean")
         if method not in METHODS:
             msg = f"method must be one of {METHODS}, got {method!r}"
-            raise ValueError(msg)
+            raise ParameterError(msg)
         prev = self[level - 1]
         lf = list(self._info.get("level_factors", []))[: level - 1]
         planned = self._info.get("pyramid_factors") or []
@@ -622,7 +628,7 @@ class MultiScaleGroup:
         """
         if self.kind == "label":
             msg = "labels belong to an image, not to another label image"
-            raise ValueError(msg)
+            raise ParameterError(msg)
         labels_path = self.path / "labels"
         if self.zarr_format == 3:
             lg = zarr.open_group(str(labels_path), mode="a", zarr_format=3)
@@ -667,7 +673,7 @@ class MultiScaleGroup:
         """
         if not 1 <= level < self.n_levels:
             msg = f"{self.path}: no level {level} (levels 0..{self.n_levels - 1})"
-            raise ValueError(msg)
+            raise SelectionError(msg)
         ratio = self.level_voxel_size(level) / self.level_voxel_size(level - 1)
         f = [max(round(float(r)), 1) for r in ratio]
         a, b = self[level - 1].shape[-3:], self[level].shape[-3:]

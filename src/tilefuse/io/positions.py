@@ -26,6 +26,7 @@ import numpy as np
 from tilefuse.errors import (
     EmptyTilesetError,
     MissingTileError,
+    ParameterError,
     TileConfigError,
     UnsupportedFormatError,
 )
@@ -68,10 +69,10 @@ def parse_offsets(offsets: ArrayLike, n: int) -> NDArray[np.float64]:
         offs = np.column_stack([np.zeros(n), offs])
     if offs.shape != (n, 3):
         msg = f"offsets must have shape ({n}, 3) (z, y, x) for {n} tiles, got {offs.shape}"
-        raise ValueError(msg)
+        raise ParameterError(msg)
     if not np.all(np.isfinite(offs)):
         msg = "offsets must be finite"
-        raise ValueError(msg)
+        raise ParameterError(msg)
     return offs
 
 

@@ -22,7 +22,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from tilefuse.errors import MissingTileError, OutputExistsError, UnsupportedFormatError
+from tilefuse.errors import (
+    IncompatibleTilesError,
+    MissingTileError,
+    OutputExistsError,
+    ParameterError,
+    SelectionError,
+    UnsupportedFormatError,
+)
 from tilefuse.options import OutputOptions
 from tilefuse.source import Source
 
@@ -129,8 +136,6 @@ def tiles_from_spimdata(
 
 def _check_selection(sd: Any, timepoint: int | None, angle: int | None) -> None:
     """Refuse a timepoint or angle the project does not have (named, with what it has)."""
-    from tilefuse.errors import SelectionError
-
     if timepoint is not None and timepoint not in sd.timepoints:
         msg = f"{sd.path}: no timepoint {timepoint}; the project has timepoints {sd.timepoints}"
         raise SelectionError(msg)
@@ -273,7 +278,7 @@ def _tile_views(tileset: Sequence[Tile]) -> list[Any]:
     for t in tileset:
         if not t.is_translation:
             msg = f"tile {t.name!r} is rotated; BDV export writes axis-aligned tiles only"
-            raise ValueError(msg)
+            raise IncompatibleTilesError(msg)
         vs = tuple(float(v) for v in t.voxel_size)
         off = tuple(float(v) for v in t.offset)
         for c in range(t.n_channels):
@@ -314,7 +319,7 @@ def tileset_to_xml(
             before = sd.placement_zyx(tp, setups[0], world_unit_um=w)
             if not np.allclose(before[:3, :3], t.affine[:3, :3], rtol=1e-9, atol=1e-12):
                 msg = f"tile {t.name!r}: only translations can be written back as a transform"
-                raise ValueError(msg)
+                raise IncompatibleTilesError(msg)
             delta_um = t.offset - before[:3, 3]
             if np.any(np.abs(delta_um) > 1e-12):
                 delta_world = delta_um / w
@@ -354,7 +359,7 @@ def tileset_to_xml(
             "these tiles do not come from a BigStitcher project: pass image_path= (the BDV "
             ".h5 the XML should load), or write both with Tileset.to_bdv"
         )
-        raise ValueError(msg)
+        raise ParameterError(msg)
     if path.exists() and not overwrite:
         msg = f"output exists: {path}"
         raise OutputExistsError(msg)

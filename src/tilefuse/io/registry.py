@@ -40,7 +40,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tilefuse.errors import MissingTileError, ReaderOptionError, UnsupportedFormatError
+from tilefuse.errors import (
+    MissingTileError,
+    ParameterError,
+    ReaderOptionError,
+    UnsupportedFormatError,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -171,7 +176,7 @@ def register_reader(reader: Reader, *, replace: bool = False) -> Reader:
     with _lock:
         if reader.name in _readers and not replace:
             msg = f"a reader named {reader.name!r} is already registered (pass replace=True)"
-            raise ValueError(msg)
+            raise ParameterError(msg)
         _readers[reader.name] = reader
     return reader
 

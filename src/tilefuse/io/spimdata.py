@@ -38,7 +38,13 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 from lxml import etree
 
-from tilefuse.errors import IncompatibleTilesError, UnsupportedFormatError
+from tilefuse.errors import (
+    IncompatibleTilesError,
+    MissingTileError,
+    NotFoundError,
+    ParameterError,
+    UnsupportedFormatError,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -460,13 +466,13 @@ class SpimData:
     def _setup(self, setup: int) -> ViewSetup:
         if setup not in self.setups:
             msg = f"{self.path}: no <ViewSetup> with id {setup} (ids: {sorted(self.setups)})"
-            raise KeyError(msg)
+            raise NotFoundError(msg)
         return self.setups[setup]
 
     def _check_timepoint(self, timepoint: int) -> int:
         if timepoint not in self.timepoints:
             msg = f"{self.path}: no timepoint {timepoint} (timepoints: {self.timepoints})"
-            raise KeyError(msg)
+            raise NotFoundError(msg)
         return timepoint
 
     def _matrices(self, timepoint: int, setup: int) -> list[NDArray[np.float64]]:
@@ -494,7 +500,7 @@ class SpimData:
             )
             raise UnsupportedFormatError(msg)
         msg = f"{self.path}: no view (timepoint {timepoint}, setup {setup})"
-        raise KeyError(msg)
+        raise NotFoundError(msg)
 
 
 def _channel_order(setup: ViewSetup) -> tuple[int, int, int]:
@@ -535,7 +541,7 @@ def check_world_unit(value: ArrayLike, where: object = "world_unit_um") -> NDArr
             else ""
         )
         msg = f"{where}: world_unit_um must be 3 positive numbers (z, y, x), got {value!r}{hint}"
-        raise ValueError(msg)
+        raise ParameterError(msg)
     return w
 
 
@@ -645,7 +651,7 @@ def read_spimdata(path: str | os.PathLike[str]) -> SpimData:
 def _parse_root(path: Path) -> Any:
     if not path.exists():
         msg = f"{path}: no such file"
-        raise FileNotFoundError(msg)
+        raise MissingTileError(msg)
     parser = etree.XMLParser(resolve_entities=False, no_network=True)
     try:
         tree = etree.parse(str(path), parser)
