@@ -88,6 +88,8 @@ def test_bad_options_are_refused():
         OutputOptions(chunks=(1, 2))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="priority"):
         FusionOptions(priority="middle")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="blend must be one of"):
+        FusionOptions(blend="nonsense")
     with pytest.raises(TypeError, match="no field"):
         with_overrides(None, ExecOptions, threads=3)
     with pytest.raises(TypeError, match="expected FusionOptions"):

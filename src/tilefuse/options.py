@@ -23,6 +23,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
+from tilefuse.blend import Blend, get_blend
 from tilefuse.errors import ParameterError, ParameterTypeError
 
 __all__ = ["ExecOptions", "FusionOptions", "OutputOptions", "with_overrides"]
@@ -59,13 +60,14 @@ class FusionOptions:
         integers stay exact). Label fusion always uses ``nearest``.
     """
 
-    blend: Any = "linear"
+    blend: str | Blend = "linear"
     blend_width: float | tuple[float, float, float] | None = None
     priority: Literal["last", "first"] = "last"
     voxel_size: tuple[float, float, float] | None = None
     interpolation: Literal["linear", "nearest"] = "linear"
 
     def __post_init__(self) -> None:
+        get_blend(self.blend)  # an unknown mode is refused here, before any work
         if self.priority not in ("last", "first"):
             msg = f"priority must be 'last' or 'first', got {self.priority!r}"
             raise ParameterError(msg)
