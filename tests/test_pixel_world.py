@@ -135,3 +135,24 @@ def test_world_unit_override_is_per_axis_and_kept(tmp_path):
     np.testing.assert_allclose(ts.load_positions(out).offsets, moved, atol=1e-9)
     # the CLI takes the same override
     assert main(["info", str(xml), "--world-unit", "2", "0.5", "0.5", "--json"]) == 0
+
+
+def test_pixel_units_stay_pixel(shared_data, tmp_path, capsys):
+    """A project whose voxel size has no unit fuses to an OME-Zarr whose axes name no unit."""
+    import zarr
+
+    from tilefuse.io.ome_zarr import MultiScaleGroup
+
+    ts = Tileset.open(shared_data / "bdv-h5" / "pybdv_example.xml")  # <unit></unit>
+    assert ts[0].metadata["unit"] == "pixel"
+    out = ts.fuse(tmp_path / "px.ome.zarr")
+    attrs = zarr.open_group(str(out.path), mode="r").attrs.asdict()
+    axes = (attrs.get("ome") or attrs)["multiscales"][0]["axes"]
+    assert [a for a in axes if a["type"] == "space" and "unit" in a] == []
+    assert MultiScaleGroup.open(out.path).unit is None
+    assert main(["info", str(shared_data / "bdv-h5" / "pybdv_example.xml")]) == 0
+    assert "pixel (no unit in the input)" in capsys.readouterr().out
+    # micrometre projects keep micrometres
+    vol = make_volume((2, 8, 8), seed=0)[0]
+    um = Tileset.from_arrays([vol], [(0.0, 0.0, 0.0)], VOXEL).fuse(tmp_path / "um.ome.zarr")
+    assert MultiScaleGroup.open(um.path).unit == "micrometer"

@@ -95,8 +95,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     _out(f"tiles       {info['tiles']}")
     _out(f"channels    {', '.join(info['channels'])}")
     _out(f"dtype       {info['dtype']}")
-    _out(f"voxel size  {_fmt(info['voxel_size_um'])} um (z, y, x)")
-    _out(f"extent      {_fmt(info['extent_um'])} um (z, y, x)")
+    unit = "pixel (no unit in the input)" if info.get("unit") == "pixel" else "um"
+    _out(f"voxel size  {_fmt(info['voxel_size_um'])} {unit} (z, y, x)")
+    _out(f"extent      {_fmt(info['extent_um'])} {unit} (z, y, x)")
     _out(f"overlaps    {info['overlaps']} pairs")
     for many, one in (("timepoints", "timepoint"), ("angles", "angle")):
         if many in info:

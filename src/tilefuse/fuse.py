@@ -236,6 +236,10 @@ class FusionPlan:
             voxel_size=self.grid.voxel_size,
             channel_names=names,
             fingerprint=self.fingerprint(),
+            # tiles whose voxel size has no unit (pixel) make an output without one
+            unit=None
+            if all(t.metadata.get("unit") == "pixel" for t in self.tiles)
+            else "micrometer",
         )
 
     # -- rendering ------------------------------------------------------------------

@@ -1216,6 +1216,8 @@ class Tileset(Sequence[Tile]):
 def _selection_summary(tiles: Sequence[Tile]) -> dict[str, Any]:
     """What the input holds beyond the selection: timepoints and angles, when the reader says."""
     out: dict[str, Any] = {}
+    if all(t.metadata.get("unit") == "pixel" for t in tiles):
+        out["unit"] = "pixel"  # a voxel size without a unit: lengths are not micrometres
     meta = tiles[0].metadata
     for many, one in (("timepoints", "timepoint"), ("angles", "angle")):
         if many in meta:

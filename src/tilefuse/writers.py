@@ -71,6 +71,9 @@ class VolumeSpec:
         The grid: world position (z, y, x) of voxel 0 and the voxel size, micrometres.
     channel_names : tuple of str, optional
         One per channel when there are several.
+    unit : str or None
+        Spatial unit of ``origin`` / ``voxel_size`` (``None``: unitless pixels,
+        e.g. tiles from a project whose voxel size has no unit).
     fingerprint : str
         A hash of everything that determines the pixels (for resuming).
     """
@@ -81,6 +84,7 @@ class VolumeSpec:
     voxel_size: tuple[float, float, float]
     channel_names: tuple[str, ...] | None = None
     fingerprint: str = ""
+    unit: str | None = "micrometer"
 
     @property
     def spatial_shape(self) -> tuple[int, int, int]:
@@ -255,6 +259,7 @@ class OmeZarrWriter(BlockWriter):
             dtype=spec.dtype,
             voxel_size=spec.voxel_size,
             origin=spec.origin,
+            unit=spec.unit,
             chunks=opts.chunks or default_chunks(spec.spatial_shape, spec.dtype),
             shards=opts.shards,
             version=opts.version,

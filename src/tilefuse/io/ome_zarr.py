@@ -126,7 +126,7 @@ class MultiScaleGroup:
         dtype: Any,
         voxel_size: ArrayLike = (1.0, 1.0, 1.0),
         origin: ArrayLike = (0.0, 0.0, 0.0),
-        unit: str = "micrometer",
+        unit: str | None = "micrometer",
         name: str | None = None,
         channel_names: Sequence[str] | None = None,
         chunks: Sequence[int] | None = None,
@@ -149,8 +149,9 @@ class MultiScaleGroup:
             Pixel type; label images must be integers.
         voxel_size, origin : array_like of 3 floats
             Level-0 voxel size and world position of voxel 0, (z, y, x), in ``unit``.
-        unit : str
-            UDUNITS-2 name of the spatial unit.
+        unit : str or None
+            UDUNITS-2 name of the spatial unit; ``None`` for unitless (pixel)
+            data: the axes then carry no unit.
         name : str, optional
             Image name (defaults to the folder name).
         channel_names : sequence of str, optional
@@ -311,9 +312,10 @@ class MultiScaleGroup:
         return np.array(self._info["origin"], dtype=float)
 
     @property
-    def unit(self) -> str:
-        """Spatial unit."""
-        return str(self._info.get("unit", "micrometer"))
+    def unit(self) -> str | None:
+        """Spatial unit (``None``: unitless, e.g. a store whose axes name no unit)."""
+        unit = self._info.get("unit", "micrometer")
+        return None if unit is None else str(unit)
 
     @property
     def name(self) -> str:
@@ -702,7 +704,8 @@ class MultiScaleGroup:
 
     def _axes(self) -> list[dict[str, str]]:
         axes = [{"name": "c", "type": "channel"}] if self._info.get("channel_names") else []
-        axes += [{"name": a, "type": "space", "unit": self.unit} for a in "zyx"]
+        unit = self.unit
+        axes += [{"name": a, "type": "space", **({"unit": unit} if unit else {})} for a in "zyx"]
         return axes
 
     def _multiscale(self) -> dict[str, Any]:
@@ -922,7 +925,7 @@ def _info_from_multiscales(ms: dict[str, Any], ome: dict[str, Any], path: Path) 
         "origin": org,
         "level_scales": scales,
         "level_translations": translations,
-        "unit": units[0] if units and units[0] else "micrometer",
+        "unit": units[0] if units and units[0] else None,  # no unit: not micrometres
         "name": ms.get("name", path.name),
         "channel_names": None,
         "level_paths": paths,

@@ -128,6 +128,7 @@ def tiles_from_spimdata(
                     "angle": sd.setups[setups[0]].attribute("angle"),
                     "angles": sorted({s.attribute("angle") for s in sd.setups.values()}),
                     "world_unit_um": [float(u) for u in unit],
+                    "unit": "pixel" if first.unit == "pixel" else "micrometer",
                 },
             )
         )
