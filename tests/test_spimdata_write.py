@@ -9,14 +9,15 @@ import numpy as np
 import pytest
 
 from conftest import SHARED_DATA
-from tilefuse import Tileset
+from tilefuse import Tileset, data
 from tilefuse.errors import IncompatibleTilesError, OutputExistsError
 from tilefuse.io.spimdata import read_spimdata
 from tilefuse.io.spimdata_write import BIGSTITCHER_EXTRAS, write_spimdata
 from tilefuse.synthetic import cut_tiles, make_volume
 
 LINT = SHARED_DATA.parent / "tools" / "spimdata_lint.py"
-FIXTURES = sorted((SHARED_DATA / "bigstitcher-xml").glob("*.xml")) if SHARED_DATA.is_dir() else []
+# the real BigStitcher projects, by their tilefuse.data names (../shared/data or the cache)
+FIXTURES = sorted(n for n in data.REGISTRY if n.startswith("bigstitcher-xml/"))
 
 
 def tag_paths(root):
@@ -34,8 +35,9 @@ def tag_paths(root):
     return out
 
 
-@pytest.mark.parametrize("xml", FIXTURES, ids=lambda p: p.name)
-def test_round_trip_keeps_everything(xml, tmp_path):
+@pytest.mark.parametrize("name", FIXTURES, ids=lambda n: n.split("/")[-1])
+def test_round_trip_keeps_everything(name, tmp_path, shared_data):
+    xml = shared_data / name
     sd = read_spimdata(xml)
     out = write_spimdata(sd, tmp_path / xml.name)
     back = read_spimdata(out)

@@ -143,8 +143,9 @@ _add(
     },
 )
 
-# SHA-256 of each original. bigstitcher_0.xml's is of the published fixture (10,953 characters,
-# as stored in the public code index); every other one was computed from the project's copy.
+# SHA-256 of each original, computed from the project's copies (bigstitcher_0.xml's from the
+# published fixture's text in a public code index while the local copy was damaged; the restored
+# copy hashes the same).
 _SHA256: dict[str, str] = {
     "bdv-h5/example.h5": "3e69f2c903f85eca433dc4f4d05bbd99b7e1954b2b5eeadf07be68f04d166224",
     "bdv-h5/mitosis_small_hdf5.h5": "0818fcc8c74bb8df04061497ada676284a499933f9d61ff9bfbb93d3898be64e",
