@@ -386,3 +386,14 @@ def test_warnings_in_the_log_name_flags_too(tmp_path, capfd, shared_data):
     assert "finite" in errors[0]
     # every other line is a one-line log record, not a Python warning's source echo
     assert all(ln.startswith(("INFO ", "WARNING ")) for ln in err.splitlines() if ln not in errors)
+
+
+def test_project_with_an_empty_sequence_is_a_typed_error(capfd, shared_data):
+    xml = shared_data / "bigstitcher-xml" / "bigstitcher_3.xml"  # registrations, no setups
+    code, _, err = _run(["info", str(xml)], capfd)
+    assert code == 2
+    errors = [ln for ln in err.splitlines() if ": error: " in ln]
+    assert len(errors) == 1
+    assert str(xml) in errors[0]
+    assert "no timepoints" in errors[0]
+    assert "IndexError" not in err

@@ -95,6 +95,12 @@ def tiles_from_spimdata(
 
     sd = read_spimdata(xml)
     given = None if world_unit_um is None else check_world_unit(world_unit_um, sd.path)
+    if timepoint is None and not sd.timepoints:
+        msg = (
+            f"{sd.path}: the <SequenceDescription> declares no timepoints and no views: "
+            "the project holds no tiles to open"
+        )
+        raise UnsupportedFormatError(msg)
     tp = sd.timepoints[0] if timepoint is None else timepoint
     _check_selection(sd, tp, angle)
     groups = sd.tiles(tp, angle=angle)
