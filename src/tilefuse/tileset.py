@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
     from tilefuse.blend import Blend
     from tilefuse.correction import Corrections
+    from tilefuse.equalise import SeamReport
     from tilefuse.io.ome_zarr import MultiScaleGroup
     from tilefuse.labels import LabelMapping
     from tilefuse.objects import ObjectTable
@@ -684,16 +685,43 @@ class Tileset(Sequence[Tile]):
         ]
         return Tileset(tiles, self.voxel_size)
 
-    def estimate_corrections(self, **options: Any) -> Corrections:
+    def estimate_corrections(
+        self,
+        *,
+        channels: Sequence[int] | None = None,
+        flatfield: bool | ArrayLike | str | os.PathLike[str] = True,
+        darkfield: bool | ArrayLike | str | os.PathLike[str] = False,
+        gains: bool = True,
+        offsets: bool = False,
+        reference: int | None = None,
+        max_planes: int = 200,
+        min_ncc: float = 0.3,
+        refine: int = 3,
+        detrend: bool = False,
+        seed: int = 0,
+    ) -> Corrections:
         """Estimate flat-/dark-field profiles and per-tile gains from the tiles themselves.
 
-        See `tilefuse.correction.estimate_corrections` for the options
-        (``channels``, ``flatfield``, ``darkfield``, ``gains``, ``offsets``,
-        ``reference``, ``max_planes``, ...). Apply the result with `correct`.
+        See `tilefuse.correction.estimate_corrections` for the parameters.
+        Apply the result with `correct`.
         """
         from tilefuse.correction import estimate_corrections
 
-        return estimate_corrections(self._tiles, self.overlaps(), **options)
+        return estimate_corrections(
+            self._tiles,
+            self.overlaps(),
+            channels=channels,
+            flatfield=flatfield,
+            darkfield=darkfield,
+            gains=gains,
+            offsets=offsets,
+            reference=reference,
+            max_planes=max_planes,
+            min_ncc=min_ncc,
+            refine=refine,
+            detrend=detrend,
+            seed=seed,
+        )
 
     def correct(
         self,
@@ -753,11 +781,15 @@ class Tileset(Sequence[Tile]):
             corr.tile_names = tuple(t.name for t in self._tiles)
         return Tileset(correct_tiles(self._tiles, corr), self.voxel_size)
 
-    def seam_metric(self, channel: int = 0, **options: Any) -> Any:
+    def seam_metric(
+        self, channel: int = 0, *, distance: int = 1, max_planes: int = 8
+    ) -> SeamReport:
         """How visible tile boundaries are (1 = seamless); see `tilefuse.equalise.seam_metric`."""
         from tilefuse.equalise import seam_metric
 
-        return seam_metric(self._tiles, self.overlaps(), channel, **options)
+        return seam_metric(
+            self._tiles, self.overlaps(), channel, distance=distance, max_planes=max_planes
+        )
 
     def preview(
         self,
