@@ -319,6 +319,20 @@ def test_cli_correct_stitch_and_info(tmp_path, capsys):
         == 0
     )
     assert _rel(MultiScaleGroup.open(auto).read(), sm.volume[0]) < _rel(raw, sm.volume[0]) / 2
+    # export sees corrected pixels too
+    h5 = tmp_path / "tiles.h5"
+    assert (
+        main(["export-bdv", str(tmp_path), "-o", str(h5), "--correct", str(npz), "--no-progress"])
+        == 0
+    )
+    import h5py
+
+    with h5py.File(h5, "r") as f:
+        exported = f["t00000/s04/0/cells"][()]  # the reference tile: flat-field only
+    want = np.clip(np.rint(sm.tiles[4] / sm.flatfield), 0, 65535)
+    # (corrected in float32: a rounding tie may land one count apart)
+    np.testing.assert_allclose(exported.astype(float).reshape(want.shape), want, atol=1)
+    assert not np.allclose(exported.astype(float).reshape(want.shape), sm.tiles[4], atol=100)
     # bad input: a clear error and exit status 2
     bad = tmp_path / "bad.npy"
     np.save(bad, np.zeros((5, 5)))

@@ -233,6 +233,8 @@ def _register(ts: Tileset, args: argparse.Namespace) -> tuple[Tileset, Any]:
 def cmd_register(args: argparse.Namespace) -> int:
     """Register the tiles and write the result as BigStitcher XML."""
     ts = _open(args)
+    if args.correct:
+        ts = _corrected(ts, args.correct)
     reg, report = _register(ts, args)
     from_project = all("setups" in t.metadata for t in ts)
     if from_project:
@@ -319,6 +321,8 @@ def cmd_dedup(args: argparse.Namespace) -> int:
 def cmd_export_bdv(args: argparse.Namespace) -> int:
     """Export tiles (for BigStitcher) or the fused volume as BigDataViewer HDF5 + XML."""
     ts = _open(args)
+    if args.correct:
+        ts = _corrected(ts, args.correct)
     out = Path(args.output)
     fmt: Literal["hdf5", "n5"] = args.output_format or (
         "n5" if out.suffix.lower() == ".n5" else "hdf5"
@@ -638,6 +642,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--report-png", help="draw tiles and links coloured by quality here")
     sp.add_argument("--overwrite", action="store_true", help="replace an existing output")
     sp.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    sp.add_argument(
+        "--correct",
+        metavar="NPZ|auto",
+        help="intensity corrections from 'tilefuse correct', or 'auto' to estimate them",
+    )
     sp.set_defaults(func=cmd_register)
 
     sp = sub.add_parser("dedup", help="give objects spanning several label tiles one ID")
@@ -707,6 +716,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_scheduler(sp)
     sp.add_argument("--overwrite", action="store_true", help="replace an existing output")
     sp.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    sp.add_argument(
+        "--correct",
+        metavar="NPZ|auto",
+        help="intensity corrections from 'tilefuse correct', or 'auto' to estimate them",
+    )
     sp.set_defaults(func=cmd_export_bdv)
 
     sp = sub.add_parser(
