@@ -55,7 +55,7 @@ class _CountingTask:
     def __call__(self, item: int) -> int:
         import time
 
-        time.sleep(0.01)
+        time.sleep(0.3)  # slower than a task's target length: one item per task
         with open(self.log, "a") as f:
             f.write(f"{item}\n")
         return item * 2
@@ -68,13 +68,13 @@ def test_cluster_streams_and_a_lost_worker_costs_only_in_flight_tasks(tmp_path, 
     from tilefuse.parallel import cluster_slots, imap_unordered
 
     log = tmp_path / "calls.txt"
-    items = list(range(200))
+    items = list(range(40))
     seen = []
     killed = False
     for item, res in imap_unordered(_CountingTask(log), items, client=client):
         assert res == 2 * item
         seen.append(item)
-        if len(seen) == 100 and not killed:
+        if len(seen) == 20 and not killed:
             victim = sorted(client.scheduler_info()["workers"])[0]
             pid = client.run(os.getpid, workers=[victim])[victim]
             os.kill(pid, signal.SIGKILL)

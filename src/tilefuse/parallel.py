@@ -113,15 +113,59 @@ MAX_TASKS = 20_000
 MAX_RETRIES = 3
 
 
-def _apply_batch(batch: list[Any], task: Callable[[Any], Any]) -> list[tuple[Any, Any]]:
-    return [(item, task(item)) for item in batch]
+#: a cluster task should run at least this long (s): quick items are batched up to it
+TASK_SECONDS = 0.25
+#: ... but no more items per task than this (unless MAX_TASKS needs more): bounded client memory
+MAX_BATCH = 1024
+
+
+def _apply_batch(
+    batch: list[Any], task: Callable[[Any], Any]
+) -> tuple[float, list[tuple[Any, Any]]]:
+    import time
+
+    t0 = time.perf_counter()
+    out = [(item, task(item)) for item in batch]
+    return time.perf_counter() - t0, out
+
+
+class _Batcher:
+    """Hands out items in tasks: at most ``max_tasks`` of them, and enough to keep slots busy.
+
+    Starts with the smallest batch that respects ``max_tasks`` (one block per
+    task for ordinary runs, so a lost worker costs little) and grows the batch
+    when tasks turn out quick (under `TASK_SECONDS`), so per-task overhead
+    never dominates.
+    """
+
+    def __init__(self, items: Sequence[T], n_slots: int, max_tasks: int) -> None:
+        self.items, self.next = items, 0
+        self.size = max(1, -(-len(items) // max_tasks))
+        self.limit = max(self.size, min(len(items) // (4 * n_slots), MAX_BATCH))
+        self.size = min(self.size, max(1, self.limit))
+
+    def take(self) -> list[T] | None:
+        if self.next >= len(self.items):
+            return None
+        batch = list(self.items[self.next : self.next + self.size])
+        self.next += len(batch)
+        return batch
+
+    def observe(self, seconds: float, n: int) -> None:
+        """A task of ``n`` items ran ``seconds``: grow the batch if tasks are too quick."""
+        per_item = seconds / max(n, 1)
+        if per_item * self.size < TASK_SECONDS:
+            want = int(TASK_SECONDS / max(per_item, 1e-6))
+            self.size = max(self.size, min(want, self.limit, 2 * self.size))
 
 
 def _batches(items: Sequence[T], n_slots: int, max_tasks: int) -> list[list[T]]:
-    """Group items into tasks: at most ``max_tasks`` of them, and enough to keep every slot busy."""
-    size = max(1, -(-len(items) // max_tasks))
-    size = min(size, max(1, len(items) // (4 * n_slots)))
-    return [list(items[k : k + size]) for k in range(0, len(items), size)]
+    """The initial batching (before any task has been timed), as a list."""
+    b = _Batcher(items, n_slots, max_tasks)
+    out = []
+    while (batch := b.take()) is not None:
+        out.append(batch)
+    return out
 
 
 def cluster_slots(client: Any) -> int:
@@ -174,11 +218,12 @@ def _run_client(
 ) -> Iterator[tuple[T, R]]:
     """Stream tasks through a cluster: a bounded window in flight, futures released when done.
 
-    Items are batched so that a run has at most `MAX_TASKS` tasks; at most
-    ``2 * slots`` tasks are in flight; a finished task's future is released at
-    once, so the client holds O(window) state and a worker lost later costs
-    only its in-flight tasks (finished blocks are in the store, not in worker
-    memory, and are never recomputed).
+    Items are batched so that a run has at most `MAX_TASKS` tasks, and quick
+    items are batched further (see `_Batcher`); at most ``2 * slots`` tasks are
+    in flight; a finished task's future is released at once, so the client
+    holds O(window) state and a worker lost later costs only its in-flight
+    tasks (finished blocks are in the store, not in worker memory, and are
+    never recomputed).
     """
     from concurrent.futures import CancelledError
 
@@ -188,13 +233,13 @@ def _run_client(
     tune_cluster(client)
     # ship the (possibly large) task object to every worker once, not once per task
     shared = client.scatter([func], broadcast=True, hash=False)[0]
-    batches = iter(_batches(items, slots, MAX_TASKS))
+    batches = _Batcher(items, slots, MAX_TASKS)
     window = 2 * slots
     pending = as_completed()
     in_flight: dict[Any, tuple[list[T], int]] = {}
 
     def submit(batch: list[T] | None = None, tries: int = 0) -> bool:
-        batch = next(batches, None) if batch is None else batch
+        batch = batches.take() if batch is None else batch
         if batch is None:
             return False
         fut = client.submit(_apply_batch, batch, task=shared, pure=False)
@@ -208,7 +253,7 @@ def _run_client(
         for fut in pending:
             batch, tries = in_flight.pop(fut)
             try:
-                results = fut.result()
+                seconds, results = fut.result()
             except CancelledError:
                 # a worker loss can take a task (or the scattered task object) with it:
                 # run the batch again (blocks are written whole, so a rerun is harmless)
@@ -222,6 +267,7 @@ def _run_client(
             finally:
                 fut.release()
                 del fut
+            batches.observe(seconds, len(batch))
             submit()
             for item, res in results:
                 bar.update()
