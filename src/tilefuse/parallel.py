@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from tqdm import tqdm
 
@@ -129,7 +129,7 @@ def _apply_batch(
     return time.perf_counter() - t0, out
 
 
-class _Batcher:
+class _Batcher(Generic[T]):
     """Hands out items in tasks: at most ``max_tasks`` of them, and enough to keep slots busy.
 
     Starts with the smallest batch that respects ``max_tasks`` (one block per
@@ -162,7 +162,7 @@ class _Batcher:
 def _batches(items: Sequence[T], n_slots: int, max_tasks: int) -> list[list[T]]:
     """The initial batching (before any task has been timed), as a list."""
     b = _Batcher(items, n_slots, max_tasks)
-    out = []
+    out: list[list[T]] = []
     while (batch := b.take()) is not None:
         out.append(batch)
     return out
