@@ -486,7 +486,14 @@ class SpimData:
                     f"<ViewTransform> {t.name!r} has {problem}, expected 12 numbers"
                 )
                 raise UnsupportedFormatError(msg)
-            out.append(t.matrix_xyz())
+            m = t.matrix_xyz()
+            if not np.all(np.isfinite(m)):  # Infinity / NaN parse as Java doubles, place nothing
+                msg = (
+                    f"{self.path}: view (timepoint {timepoint}, setup {setup}): "
+                    f"<ViewTransform> {t.name!r} holds Infinity or NaN; expected 12 finite numbers"
+                )
+                raise UnsupportedFormatError(msg)
+            out.append(m)
         return out
 
     def _transforms(self, timepoint: int, setup: int) -> list[ViewTransform]:
