@@ -198,3 +198,25 @@ def test_lazy_generated_mosaic_fuses_to_its_sample():
     truth = sample.labels((slice(None),) * 3).astype(np.uint64)
     truth[truth > 0] += 3_000_000_000
     np.testing.assert_array_equal(fused, truth)
+
+
+def test_dedup_and_label_fusion_on_the_cluster_match_threads(client):
+    from tilefuse.geometry import affine_from_offset
+    from tilefuse.synthetic import SampleTile, SyntheticSample
+    from tilefuse.tile import Tile
+
+    sample = SyntheticSample((8, 90, 100), seed=6, blob_radius=3, n_blobs=60)
+    starts = [(0, y, x) for y in (0, 40) for x in (0, 45)]
+    labels = Tileset([
+        Tile(SampleTile(sample, s, (8, 50, 55), kind="labels", label_offset=3_000_000_000),
+             affine_from_offset((1, 1, 1), s), index=i)
+        for i, s in enumerate(starts)
+    ])  # fmt: skip
+    local = labels.dedup_labels(workers=2)
+    remote = labels.dedup_labels(client=client)
+    assert remote.luts == local.luts and remote.n_objects == local.n_objects
+    np.testing.assert_array_equal(remote.merges, local.merges)
+    assert local.n_objects == len(np.unique(sample.labels((slice(None),) * 3))) - 1
+    np.testing.assert_array_equal(
+        labels.fuse_labels(mapping=remote, client=client), labels.fuse_labels(mapping=local)
+    )

@@ -294,6 +294,8 @@ def cmd_dedup(args: argparse.Namespace) -> int:
         min_overlap_voxels=args.min_overlap,
         min_overlap_fraction=args.min_fraction,
         mutual_best=args.mutual_best,
+        workers=args.workers,
+        client=args.client,
         progress=not args.no_progress,
     )
     n_local = sum(len(lut) for lut in mapping.luts)

@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy import sparse
 from scipy.sparse.csgraph import connected_components
-from tqdm import tqdm
 
 from tilefuse.errors import GridMismatchError, LabelError, ParameterTypeError
 from tilefuse.geometry import nearest_indices_separable
 from tilefuse.layout import Layout
+from tilefuse.parallel import imap_unordered
 from tilefuse.source import WrappedSource
 
 if TYPE_CHECKING:
@@ -376,12 +376,50 @@ def _pair_links(
     return pa[keep], pb[keep], shared[keep]
 
 
+class _ScanTask:
+    """Scan one tile's labels (sorted unique nonzero IDs)."""
+
+    def __init__(self, tiles: list[Tile]) -> None:
+        self.tiles = tiles
+
+    def __call__(self, t: int) -> NDArray[Any]:
+        return _tile_labels(self.tiles[t])
+
+
+class _LinkTask:
+    """Read one overlap from both tiles; the label pairs that pass the rules (or None)."""
+
+    def __init__(
+        self, tiles: list[Tile], overlaps: list[Any], min_voxels: int, min_fraction: float,
+        mutual: bool,
+    ) -> None:  # fmt: skip
+        self.tiles, self.overlaps = tiles, overlaps
+        self.min_voxels, self.min_fraction, self.mutual = min_voxels, min_fraction, mutual
+
+    def __call__(self, k: int) -> tuple[NDArray[np.int64], ...] | None:
+        o = self.overlaps[k]
+        ti, tj = self.tiles[o.i], self.tiles[o.j]
+        regions = _overlap_pair_regions(ti, tj, o.slices_i)
+        if regions is None:
+            return None
+        la, lb, shared = _pair_links(
+            ti.source.read(regions[0]),
+            tj.source.read(regions[1]),
+            min_voxels=self.min_voxels,
+            min_fraction=self.min_fraction,
+            mutual=self.mutual,
+        )
+        return (la, lb, shared) if la.size else None
+
+
 def dedup_labels(
     tiles: Sequence[Tile],
     *,
     min_overlap_voxels: int = 1,
     min_overlap_fraction: float = 0.5,
     mutual_best: bool = False,
+    workers: int | None = None,
+    client: Any = None,
     progress: bool = False,
 ) -> LabelMapping:
     """Give every object that spans several tiles one global ID.
@@ -405,6 +443,11 @@ def dedup_labels(
         Two distinct objects that merely touch in the overlap, or whose
         borders disagree by a few voxels, are kept apart by
         ``min_overlap_fraction`` already.
+    workers : int, optional
+        Threads for the scans (default: the CPUs available).
+    client : distributed.Client, optional
+        Scan tiles and link overlaps on this dask cluster instead; each task
+        reads one tile (slab by slab) or one overlap.
     progress : bool
         Show progress bars.
 
@@ -421,31 +464,41 @@ def dedup_labels(
         rotated or of different voxel sizes.
     """
     tiles = list(tiles)
-    present = [
-        _tile_labels(t) for t in tqdm(tiles, desc="scan labels", disable=not progress, leave=False)
-    ]
+    scanned = dict(
+        imap_unordered(
+            _ScanTask(tiles),
+            range(len(tiles)),
+            workers=workers,
+            client=client,
+            progress=progress,
+            desc="scan labels",
+            unit="tile",
+        )
+    )
+    present = [scanned[t] for t in range(len(tiles))]
     offsets = np.concatenate([[0], np.cumsum([len(p) for p in present])]).astype(np.int64)
     n_nodes = int(offsets[-1])
     edges_a: list[NDArray[np.int64]] = []
     edges_b: list[NDArray[np.int64]] = []
     merges: list[NDArray[np.int64]] = []
     overlaps = Layout(tiles).overlaps()
-    for o in tqdm(overlaps, desc="link overlaps", disable=not progress, leave=False):
-        ti, tj = tiles[o.i], tiles[o.j]
-        regions = _overlap_pair_regions(ti, tj, o.slices_i)
-        if regions is None:
-            continue
-        a = ti.source.read(regions[0])
-        b = tj.source.read(regions[1])
-        la, lb, shared = _pair_links(
-            a,
-            b,
-            min_voxels=min_overlap_voxels,
-            min_fraction=min_overlap_fraction,
-            mutual=mutual_best,
+    link_task = _LinkTask(tiles, overlaps, min_overlap_voxels, min_overlap_fraction, mutual_best)
+    found = dict(
+        imap_unordered(
+            link_task,
+            range(len(overlaps)),
+            workers=workers,
+            client=client,
+            progress=progress,
+            desc="link overlaps",
+            unit="pair",
         )
-        if not la.size:
+    )
+    for k, o in enumerate(overlaps):  # overlap order: deterministic merges table
+        link = found[k]
+        if link is None:
             continue
+        la, lb, shared = link
         # node index = tile offset + rank of the label among the tile's labels
         edges_a.append(offsets[o.i] + np.searchsorted(present[o.i], la))
         edges_b.append(offsets[o.j] + np.searchsorted(present[o.j], lb))

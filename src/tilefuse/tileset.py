@@ -1018,6 +1018,8 @@ class Tileset(Sequence[Tile]):
         min_overlap_voxels: int = 1,
         min_overlap_fraction: float = 0.5,
         mutual_best: bool = False,
+        workers: int | None = None,
+        client: Any = None,
         progress: bool = False,
     ) -> LabelMapping:
         """Give every object spanning several label tiles one global ID.
@@ -1031,6 +1033,8 @@ class Tileset(Sequence[Tile]):
             min_overlap_voxels=min_overlap_voxels,
             min_overlap_fraction=min_overlap_fraction,
             mutual_best=mutual_best,
+            workers=workers,
+            client=client,
             progress=progress,
         )
 
