@@ -81,21 +81,27 @@ def test_errors_exit_2(tmp_path, capsys):
     assert "TileConfiguration.txt:2" in capsys.readouterr().err
 
 
-def test_interrupted_stitch_is_completed_by_rerun(demo, tmp_path):
+def test_interrupted_stitch_is_completed_by_rerun(demo, tmp_path, monkeypatch):
     """A stitch that died half-way is finished by running the same command again."""
-    import dataclasses
-
-    from conftest import CountingSource
     from tilefuse import Tileset
+    from tilefuse.io.tiff import TiffSource
 
     out = tmp_path / "o.ome.zarr"
     ts = Tileset.open(demo.folder)
-    # the same tiles, but every source dies after a few reads (a crash mid-run)
-    dying = Tileset(
-        [dataclasses.replace(t, source=CountingSource(t.read(), fail_after=2)) for t in ts]
-    )
+    # the same tile files, but reading dies after a few reads (a crash mid-run);
+    # the first 2 reads per tile are the pre-flight probe
+    calls, read = [0], TiffSource._read
+
+    def dying_read(self, region):
+        calls[0] += 1
+        if calls[0] > 2 * len(ts) + 6:
+            raise RuntimeError("simulated crash")
+        return read(self, region)
+
+    monkeypatch.setattr(TiffSource, "_read", dying_read)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        dying.fuse(out, chunks=(12, 64, 64), shards=(12, 64, 64), workers=1, levels=2)
+        ts.fuse(out, chunks=(12, 64, 64), shards=(12, 64, 64), workers=1, levels=2)
+    monkeypatch.setattr(TiffSource, "_read", read)
     assert not MultiScaleGroup.open(out).is_complete
     args = [
         "stitch",

@@ -222,7 +222,8 @@ def test_interrupted_fusion_resumes(tmp_path):
         return Tileset(tiles), srcs
 
     out = tmp_path / "o.ome.zarr"
-    ts, _ = tileset(fail_after=2)
+    # each tile's first 2 reads are the pre-flight probe (first and last voxel)
+    ts, _ = tileset(fail_after=4)
     with pytest.raises(RuntimeError, match="simulated crash"):
         ts.fuse(out, chunks=(8, 32, 32), shards=(8, 32, 32), workers=1, levels=2)
     from tilefuse import MultiScaleGroup
@@ -241,7 +242,7 @@ def test_interrupted_fusion_resumes(tmp_path):
     ts3.fuse(tmp_path / "full.ome.zarr", chunks=(8, 32, 32), shards=(8, 32, 32), workers=1)
     assert sum(len(s.regions) for s in srcs2) < sum(len(s.regions) for s in srcs3)
     # a different plan does not resume into the unfinished store of another
-    ts4, _ = tileset(fail_after=1)
+    ts4, _ = tileset(fail_after=3)
     with pytest.raises(RuntimeError):
         ts4.fuse(tmp_path / "x.ome.zarr", chunks=(8, 32, 32), shards=(8, 32, 32), workers=1)
     with pytest.raises(OutputExistsError, match="unfinished"):

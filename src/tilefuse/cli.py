@@ -47,11 +47,25 @@ def _open(args: argparse.Namespace) -> Tileset:
     for key, attr in attrs.items():  # a reader that takes no such option refuses it by name
         if getattr(args, attr, None) is not None:
             opts[key] = tuple(v) if isinstance(v := getattr(args, attr), list) else v
+    if getattr(args, "allow_incomplete", False):
+        opts["allow_incomplete"] = True
     ts = Tileset.open(args.input, **opts)
     if "voxel_size" not in opts:
         _warn_default_voxel_size(args, opts, ts)
     if getattr(args, "channels", None):
         ts = ts.select_channels([int(c) if c.isdigit() else c for c in args.channels])
+    if getattr(args, "output", None):
+        from tilefuse.io.outputs import check_output_paths, input_paths
+
+        # before anything is written: the output is never an input, inside one, or holding one
+        # (a plain input folder may receive outputs: its files are checked one by one)
+        given = Path(args.input)
+        plain_folder = given.is_dir() and not any(
+            (given / f).exists() for f in ("zarr.json", ".zgroup", ".zattrs")
+        )
+        check_output_paths(
+            args.output, [*([] if plain_folder else [given]), *input_paths(ts.tiles)]
+        )
     return ts
 
 
@@ -167,7 +181,7 @@ def _fusion_options(args: argparse.Namespace, **defaults: Any) -> FusionOptions:
 def _output_options(args: argparse.Namespace, **defaults: Any) -> OutputOptions:
     """`OutputOptions` from the command's arguments (those it has)."""
     given: dict[str, Any] = {}
-    for key in ("levels", "version", "compression", "name", "overwrite"):
+    for key in ("levels", "version", "compression", "name", "overwrite", "allow_large_output"):
         if getattr(args, key, None) is not None:
             given[key] = getattr(args, key)
     for key in ("chunks", "shards"):
@@ -522,6 +536,18 @@ def build_parser() -> argparse.ArgumentParser:
             help="BigStitcher XML: micrometres per world unit (z, y, x); default: from the "
             "calibration transform, or the voxel size when there is none (pixel world)",
         )
+        sp.add_argument(
+            "--allow-incomplete",
+            action="store_true",
+            help="read an unfinished (interrupted) tilefuse store as input anyway",
+        )
+
+    def add_large(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--allow-large-output",
+            action="store_true",
+            help="write an output of more than 100x the tiles' voxels (refused by default)",
+        )
 
     def add_scheduler(sp: argparse.ArgumentParser) -> None:
         sp.add_argument(
@@ -613,8 +639,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--workers", type=_positive, default=None, help="threads (default: all CPUs)")
     add_scheduler(sp)
-    sp.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    sp.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing output (only once the new one is complete)",
+    )
     sp.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_large(sp)
     add_registration(sp)
     sp.add_argument("--register", action="store_true", help="register the tiles before fusing")
     sp.add_argument(
@@ -714,6 +745,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--levels", type=_positive, default=None, help="max pyramid levels (default: BDV's)"
     )
+    add_large(sp)
     sp.add_argument("--workers", type=_positive, default=None, help="threads (default: all CPUs)")
     add_scheduler(sp)
     sp.add_argument("--overwrite", action="store_true", help="replace an existing output")
@@ -885,6 +917,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             else "; nothing was finished"
         )
         sys.stderr.write(f"tilefuse {args.command}: interrupted{hint}\n")
+        # zarr's event loop reports the reads it abandoned as it shuts down: not news
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
         return 130
     except BrokenPipeError:  # e.g. `tilefuse info ... | head`: stop writing, quietly
         import os

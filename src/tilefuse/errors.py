@@ -8,9 +8,11 @@ from __future__ import annotations
 
 __all__ = [
     "CorrectionError",
+    "CorruptFileError",
     "EmptyTilesetError",
     "GridMismatchError",
     "IncompatibleTilesError",
+    "IncompleteStoreError",
     "LabelError",
     "MissingDependencyError",
     "MissingTileError",
@@ -22,10 +24,15 @@ __all__ = [
     "RegionError",
     "SelectionError",
     "StateError",
+    "OutputOverlapError",
+    "OutputTooLargeError",
+    "ResumeMismatchError",
+    "StoreLockedError",
     "StoreError",
     "TileConfigError",
     "TilefuseError",
     "UnsupportedFormatError",
+    "WriteError",
 ]
 
 
@@ -107,3 +114,31 @@ class MissingDependencyError(TilefuseError, ImportError):
 
 class StateError(TilefuseError, RuntimeError):
     """An object was used out of order (e.g. a block writer before ``begin``)."""
+
+
+class CorruptFileError(TilefuseError, OSError):
+    """An input file is truncated or corrupt (its header promises more than it holds)."""
+
+
+class OutputOverlapError(TilefuseError, ValueError):
+    """An output path is, contains, or lies inside one of the inputs."""
+
+
+class OutputTooLargeError(TilefuseError, ValueError):
+    """The planned output is far larger than the inputs (a likely placement or size error)."""
+
+
+class StoreLockedError(TilefuseError, BlockingIOError):
+    """Another live writer holds the output's lock."""
+
+
+class ResumeMismatchError(OutputExistsError):
+    """An unfinished output was started with other inputs or settings than this run."""
+
+
+class IncompleteStoreError(StoreError):
+    """A store is an unfinished write (interrupted); it is not used as input unless asked."""
+
+
+class WriteError(TilefuseError, OSError):
+    """Writing an output failed (disk full, quota, file too large, I/O error)."""

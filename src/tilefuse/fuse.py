@@ -12,6 +12,8 @@ size) are resampled trilinearly per block.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -21,14 +23,21 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from tilefuse.blend import Blend, BlockContext, Part, get_blend, ramp
-from tilefuse.errors import EmptyTilesetError, IncompatibleTilesError, ParameterError
+from tilefuse.errors import (
+    EmptyTilesetError,
+    IncompatibleTilesError,
+    ParameterError,
+    TilefuseError,
+    WriteError,
+)
 from tilefuse.geometry import INTEGER_TOL, is_translation, nearest_index
 from tilefuse.options import ExecOptions, FusionOptions
 from tilefuse.parallel import imap_unordered
+from tilefuse.preflight import preflight, source_identity
 from tilefuse.writers import BlockGrid, BlockWriter, VolumeSpec
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterator, Sequence
 
     from numpy.typing import ArrayLike, NDArray
 
@@ -203,22 +212,39 @@ class FusionPlan:
         """Output shape ``(c, z, y, x)``."""
         return (self.n_channels, *self.grid.shape)
 
-    def fingerprint(self) -> str:
-        """A hash of everything that determines the output pixels."""
-        spec = {
-            "grid": [self.grid.origin, self.grid.voxel_size, self.grid.shape],
-            "blend": self.blend,
-            "width": self.blend_width.tolist(),
-            "priority": self.priority,
-            "interpolation": self.interpolation,
+    def fingerprint_parts(self) -> dict[str, str]:
+        """One digest per thing the output pixels depend on, named for the user.
+
+        The tiles' files (path, size, modification time), their sources'
+        settings (channel selection, downscaling, label mapping by content),
+        placements, blend settings, the output grid and dtype. A resumed
+        fusion must match every part; a mismatch names the parts that changed.
+        """
+        parts: dict[str, Any] = {
+            "output grid": [self.grid.origin, self.grid.voxel_size, self.grid.shape],
+            "blend settings": [
+                self.blend,
+                self.blend_width.tolist(),
+                self.priority,
+                self.interpolation,
+            ],
             "dtype": self.dtype.str,
-            "tiles": [[t.name, t.shape, t.affine.round(9).tolist()] for t in self.tiles],
+            "tile placement": [[t.name, t.shape, t.affine.round(9).tolist()] for t in self.tiles],
+            "tile files and channels": [source_identity(t.source) for t in self.tiles],
         }
         # corrected pixels differ: a corrected fusion must not resume an uncorrected one
         corr = [t.metadata.get("intensity_correction", {}).get("digest") for t in self.tiles]
         if any(corr):
-            spec["corrections"] = corr
-        return hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+            parts["intensity corrections"] = corr
+        return {
+            k: hashlib.sha1(json.dumps(v, sort_keys=True, default=str).encode()).hexdigest()
+            for k, v in parts.items()
+        }
+
+    def fingerprint(self) -> str:
+        """A hash of everything that determines the output pixels (see `fingerprint_parts`)."""
+        parts = json.dumps(self.fingerprint_parts(), sort_keys=True)
+        return hashlib.sha1(parts.encode()).hexdigest()
 
     def tiles_in(self, region: Region) -> NDArray[np.intp]:
         """Indices of tiles whose boxes intersect a region of the output grid."""
@@ -240,6 +266,7 @@ class FusionPlan:
             unit=None
             if all(t.metadata.get("unit") == "pixel" for t in self.tiles)
             else "micrometer",
+            fingerprint_parts=self.fingerprint_parts(),
         )
 
     # -- rendering ------------------------------------------------------------------
@@ -445,6 +472,21 @@ def fuse_tiles(plan: FusionPlan, writer: BlockWriter, execution: ExecOptions | N
         What the writer's ``finish`` returns (an array, a `MultiScaleGroup`, ...).
     """
     execution = execution or ExecOptions()
+    # before anything is created: size bound, output apart from the inputs, inputs readable
+    options = getattr(writer, "options", None)
+    preflight(
+        plan.tiles,
+        getattr(writer, "path", None),
+        plan.grid.shape,
+        plan.dtype.itemsize,
+        allow_large_output=bool(getattr(options, "allow_large_output", False)),
+        workers=execution.workers,
+    )
+    with _write_errors(getattr(writer, "path", None)):
+        return _run(plan, writer, execution)
+
+
+def _run(plan: FusionPlan, writer: BlockWriter, execution: ExecOptions) -> Any:
     writer.begin(plan.spec())
     try:
         todo = writer.pending_blocks()
@@ -463,3 +505,21 @@ def fuse_tiles(plan: FusionPlan, writer: BlockWriter, execution: ExecOptions | N
     except BaseException:
         writer.abort()
         raise
+
+
+@contextlib.contextmanager
+def _write_errors(path: Any) -> Iterator[None]:
+    """A full disk (or quota, or file-size limit) while writing: a one-line `WriteError`."""
+    try:
+        yield
+    except OSError as e:
+        if isinstance(e, TilefuseError) or e.errno not in _FULL:
+            raise
+        msg = (
+            f"writing {path or 'the output'} failed: {e.strerror or e}; an OME-Zarr store is "
+            "left unfinished and resumable: free space and rerun the same command"
+        )
+        raise WriteError(msg) from e
+
+
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}

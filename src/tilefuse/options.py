@@ -110,6 +110,11 @@ class OutputOptions:
     overwrite : bool
         Replace an existing output. Without it an existing output is refused,
         except an interrupted OME-Zarr fusion of the same plan, which is resumed.
+        The replacement is built beside the old output and swapped in only
+        once complete.
+    allow_large_output : bool
+        Write an output grid of more than 100x the tiles' total voxels
+        (refused by default: usually a wrong position or voxel size).
     """
 
     levels: int | None = None
@@ -119,6 +124,7 @@ class OutputOptions:
     compression: Compression = "default"
     name: str | None = None
     overwrite: bool = False
+    allow_large_output: bool = False
 
     def __post_init__(self) -> None:
         if self.levels is not None and int(self.levels) < 1:

@@ -934,6 +934,7 @@ class Tileset(Sequence[Tile]):
         compression: Literal["default", "fast", "archive", "none"] | None = None,
         name: str | None = None,
         overwrite: bool | None = None,
+        allow_large_output: bool | None = None,
         workers: int | None = None,
         client: Any = None,
         progress: bool | None = None,
@@ -962,7 +963,7 @@ class Tileset(Sequence[Tile]):
             at output voxel centres between their own (``"linear"``, in float;
             ``"nearest"``, values copied). Output voxel ``j`` takes the tiles'
             values at its centre (see the Geometry guide page).
-        levels, chunks, shards, version, compression, name, overwrite
+        levels, chunks, shards, version, compression, name, overwrite, allow_large_output
             `OutputOptions` fields (``levels`` defaults to 1 here).
         workers, client, progress
             `ExecOptions` fields.
@@ -978,6 +979,17 @@ class Tileset(Sequence[Tile]):
         OutputExistsError
             If ``output`` exists and ``overwrite`` is false (an interrupted
             fusion of the same tiles and settings is resumed instead).
+        ResumeMismatchError
+            If ``output`` is an unfinished fusion of other inputs or settings
+            (the message names what changed), or of more levels.
+        OutputOverlapError
+            If ``output`` is, contains or lies inside an input file or store.
+        OutputTooLargeError
+            If the output grid is implausibly large (see ``allow_large_output``).
+        StoreLockedError
+            If another live process is writing ``output`` (the message names it).
+        CorruptFileError
+            If a tile cannot be read (checked before anything is created).
         """
         from tilefuse.fuse import FusionPlan, fuse_tiles
         from tilefuse.writers import MemoryWriter, OmeZarrWriter
@@ -1001,6 +1013,7 @@ class Tileset(Sequence[Tile]):
             compression=compression,
             name=name,
             overwrite=overwrite,
+            allow_large_output=allow_large_output,
         )
         ex = with_overrides(
             exec_options, ExecOptions, workers=workers, client=client, progress=progress
@@ -1065,6 +1078,7 @@ class Tileset(Sequence[Tile]):
         compression: Literal["default", "fast", "archive", "none"] | None = None,
         name: str | None = None,
         overwrite: bool | None = None,
+        allow_large_output: bool | None = None,
         workers: int | None = None,
         client: Any = None,
         progress: bool | None = None,
@@ -1100,7 +1114,7 @@ class Tileset(Sequence[Tile]):
         options, output_options, exec_options : optional
             The settings objects (see `fuse`); ``options`` defaults to
             ``FusionOptions(blend="centre")``.
-        levels, chunks, shards, version, compression, name, overwrite
+        levels, chunks, shards, version, compression, name, overwrite, allow_large_output
             `OutputOptions` fields. ``name`` (default ``"labels"``) is the label
             image name inside ``labels/``; ``levels`` (mode downsampling;
             background never wins a tie) defaults to the image's level count,
@@ -1136,6 +1150,7 @@ class Tileset(Sequence[Tile]):
             compression=compression,
             name=name,
             overwrite=overwrite,
+            allow_large_output=allow_large_output,
         )
         if out.name is None:
             out = dataclasses.replace(out, name="labels")

@@ -22,18 +22,28 @@ A new output format is one `BlockWriter` subclass.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import logging
 import os
-from dataclasses import dataclass
+import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
-from tilefuse.errors import OutputExistsError, StateError, StoreError
+from tilefuse.errors import (
+    IncompleteStoreError,
+    OutputExistsError,
+    ResumeMismatchError,
+    StateError,
+    StoreError,
+)
 from tilefuse.io.bdv import BdvHdf5Writer, BdvN5Writer, BdvView, bdv_writer
 from tilefuse.io.ome_zarr import MultiScaleGroup, default_chunks
+from tilefuse.io.outputs import StoreLock, recover_swap, staging_path, swap_into_place
 from tilefuse.options import ExecOptions, OutputOptions
 
 if TYPE_CHECKING:
@@ -76,6 +86,8 @@ class VolumeSpec:
         e.g. tiles from a project whose voxel size has no unit).
     fingerprint : str
         A hash of everything that determines the pixels (for resuming).
+    fingerprint_parts : dict of str to str
+        The same, one digest per named part (so a mismatch can say what changed).
     """
 
     shape: tuple[int, int, int, int]
@@ -85,6 +97,7 @@ class VolumeSpec:
     channel_names: tuple[str, ...] | None = None
     fingerprint: str = ""
     unit: str | None = "micrometer"
+    fingerprint_parts: dict[str, str] = field(default_factory=dict)
 
     @property
     def spatial_shape(self) -> tuple[int, int, int]:
@@ -225,36 +238,129 @@ class OmeZarrWriter(BlockWriter):
         self.__dict__.update(state, _group=None)
 
     @property
+    def lock_target(self) -> Path:
+        """The path whose `StoreLock` guards this write."""
+        return self.path
+
+    @property
+    def store_path(self) -> Path:
+        """Where the blocks go: ``path``, or a staging store beside it for ``overwrite``."""
+        return getattr(self, "_store_path", None) or self.path
+
+    @property
     def group(self) -> MultiScaleGroup:
         """The store (reopened lazily in a worker process)."""
         if self._group is None:
-            self._group = MultiScaleGroup.open(self.path, mode="r+")
+            self._group = MultiScaleGroup.open(self.store_path, mode="r+")
         return self._group
 
     def begin(self, spec: VolumeSpec) -> None:
-        """Resume an interrupted store of the same plan, or create a new one."""
-        group = self._resume_or_create(spec)
-        if tuple(group[0].shape[-3:]) != spec.spatial_shape:
-            msg = f"{group.path}: level 0 is {group[0].shape}, the fusion grid is {spec.shape}"
-            raise StoreError(msg)
+        """Lock the output, then resume an interrupted store of the same plan or create one."""
+        self._lock = StoreLock(self.lock_target).acquire()
+        try:
+            group = self._resume_or_create(spec)
+            if tuple(group[0].shape[-3:]) != spec.spatial_shape:
+                msg = f"{group.path}: level 0 is {group[0].shape}, the fusion grid is {spec.shape}"
+                raise StoreError(msg)
+        except BaseException:
+            self._release()
+            raise
         self._group = group
         self._grid = BlockGrid(spec.spatial_shape, group.block_shape(0))
 
+    def _layout(self, spec: VolumeSpec) -> dict[str, Any]:
+        """The output settings the stored pixels depend on (part of the fingerprint)."""
+        o = self.options
+        return {
+            "chunks": list(o.chunks or default_chunks(spec.spatial_shape, spec.dtype)),
+            "shards": o.shards if isinstance(o.shards, bool) else list(o.shards),
+            "version": o.version,
+            "compression": o.compression,
+            "kind": self.kind,
+        }
+
+    def _fingerprint(self, spec: VolumeSpec) -> tuple[str, dict[str, str]]:
+        """The spec's fingerprint parts plus this writer's layout, and their hash."""
+        parts = dict(spec.fingerprint_parts) or {"plan": spec.fingerprint}
+        for key, value in self._layout(spec).items():
+            parts[f"output {key}"] = json.dumps(value, sort_keys=True)
+        return hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest(), parts
+
+    def _check_resume(self, group: MultiScaleGroup, spec: VolumeSpec) -> None:
+        """Refuse to resume a store started with other inputs, settings or fewer levels."""
+        fp, parts = self._fingerprint(spec)
+        if group.get_attribute("fingerprint") != fp:
+            old = group.get_attribute("fingerprint_parts") or {}
+            changed = sorted(k for k in {*old, *parts} if old.get(k) != parts.get(k))
+            what = ", ".join(changed) if old else "tiles or settings (written by another version)"
+            msg = (
+                f"{group.path} holds an unfinished fusion of other inputs or settings "
+                f"(changed: {what}); rerun with the original ones to resume it, or pass "
+                "overwrite=True (--overwrite) to replace it"
+            )
+            raise ResumeMismatchError(msg)
+        started = int(group.get_attribute("levels_requested") or 1)
+        levels = self.options.levels or self.default_levels()
+        if levels < started:
+            msg = (
+                f"{group.path}: the unfinished fusion was started with {started} levels, this run "
+                f"asks for {levels}; resume with at least {started} (more levels extend it), or "
+                "pass overwrite=True (--overwrite)"
+            )
+            raise ResumeMismatchError(msg)
+
     def _resume_or_create(self, spec: VolumeSpec) -> MultiScaleGroup:
-        path, opts = self.path, self.options
-        if path.exists() and not opts.overwrite:
+        target, opts = self.path, self.options
+        recover_swap(target, _is_complete_store)
+        _remove_unborn(target)
+        path = target
+        if opts.overwrite and target.exists():
+            if not _is_zarr_dir(target):
+                msg = f"refusing to overwrite {target}: it exists and is not a zarr store"
+                raise StoreError(msg)
+            # the replacement is built beside the old store and swapped in once complete
+            path = staging_path(target)
+            self._store_path = path
+            _remove_unborn(path)
+        if path.exists() and (path != target or not opts.overwrite):
             try:
                 group = MultiScaleGroup.open(path, mode="r+")
             except StoreError:
                 group = None
             if group is not None and not group.is_complete:
-                if group.get_attribute("fingerprint") == spec.fingerprint:
-                    return group
-                msg = f"{path} holds an unfinished fusion of different tiles or settings"
-                raise OutputExistsError(msg + "; pass overwrite=True to replace it")
-        c = spec.shape[0]
+                if path != target:  # a staged replacement: resume it only if it is this plan
+                    try:
+                        self._check_resume(group, spec)
+                    except ResumeMismatchError:
+                        shutil.rmtree(path)
+                        return self._create(path, spec)
+                else:
+                    self._check_resume(group, spec)
+                self._record_levels(group)
+                return group
+        if path.exists():
+            if path == target:
+                msg = f"output exists: {target} (pass overwrite=True to replace it)"
+                raise OutputExistsError(msg)
+            shutil.rmtree(path)  # a finished staging store nobody swapped in: start over
+        return self._create(path, spec)
+
+    def _record_levels(self, group: MultiScaleGroup) -> None:
+        levels = self.options.levels or self.default_levels()
+        if int(group.get_attribute("levels_requested") or 1) != levels:
+            group.set_attribute("levels_requested", levels)
+
+    def _create(self, path: Path, spec: VolumeSpec) -> MultiScaleGroup:
+        """Create the store complete with its fingerprint in a folder beside, then rename it.
+
+        A kill at any moment leaves either no store or one that knows what it
+        is a fusion of (never a store without its fingerprint).
+        """
+        opts, c = self.options, spec.shape[0]
+        fp, parts = self._fingerprint(spec)
+        unborn = path.with_name(f"{path.name}{_UNBORN}{os.getpid()}")
         group = MultiScaleGroup.create(
-            path,
+            unborn,
             shape=spec.shape if c > 1 else spec.spatial_shape,
             dtype=spec.dtype,
             voxel_size=spec.voxel_size,
@@ -264,16 +370,22 @@ class OmeZarrWriter(BlockWriter):
             shards=opts.shards,
             version=opts.version,
             compression=opts.compression,
-            name=opts.name,
+            name=opts.name or path.name.split(".")[0],
             channel_names=list(spec.channel_names) if c > 1 and spec.channel_names else None,
             kind=self.kind,
-            overwrite=opts.overwrite,
+            overwrite=True,
         )
-        group.set_attribute("fingerprint", spec.fingerprint)
-        return group
+        group._info.update(
+            fingerprint=fp,
+            fingerprint_parts=parts,
+            levels_requested=opts.levels or self.default_levels(),
+        )
+        group._write_metadata()
+        os.rename(unborn, path)
+        return MultiScaleGroup.open(path, mode="r+")
 
     def pending_blocks(self) -> list[Block]:
-        """Every level-0 block not recorded as done by an interrupted run."""
+        """Every level-0 block not recorded as done by an interrupted run (done set read once)."""
         blocks = self.grid.blocks()
         done = self.group.done_blocks(0)
         todo = [b for b in blocks if b not in done]
@@ -282,7 +394,7 @@ class OmeZarrWriter(BlockWriter):
         return todo
 
     def write_block(self, block: Block, data: NDArray[Any]) -> None:
-        """Write one block (one shard) of level 0 and its done-marker."""
+        """Write one block (one shard) of level 0 and its progress record."""
         group = self.group
         region = self.grid.region(block)
         group.write_block(region, data[0] if group[0].ndim == 3 else data, 0)
@@ -293,15 +405,56 @@ class OmeZarrWriter(BlockWriter):
         return 1
 
     def finish(self, execution: ExecOptions) -> MultiScaleGroup:
-        """Build the pyramid, mark the store complete and return it."""
-        group = self.group
-        levels = self.options.levels or self.default_levels()
-        for lvl in range(1, levels):
-            group.add_downsample_level(
-                lvl, workers=execution.workers, client=execution.client, progress=execution.progress
-            )
-        group.mark_complete()
-        return group
+        """Build the missing pyramid levels, mark the store complete, swap it in, return it."""
+        try:
+            group = self.group
+            levels = self.options.levels or self.default_levels()
+            group.set_levels_complete(max(1, min(group.n_levels, levels)))
+            group.drop_levels_from(group.n_levels)  # a level an interrupted run left half done
+            for lvl in range(group.n_levels, levels):
+                group.add_downsample_level(
+                    lvl,
+                    workers=execution.workers,
+                    client=execution.client,
+                    progress=execution.progress,
+                )
+            group.mark_complete()
+            if self.store_path != self.path:
+                swap_into_place(self.store_path, self.path)
+                self._group = group = MultiScaleGroup.open(self.path, mode="r+")
+            return group
+        finally:
+            self._release()
+
+    def abort(self) -> None:
+        """Release the lock; the store stays resumable."""
+        self._release()
+
+    def _release(self) -> None:
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            lock.release()
+            self._lock = None
+
+
+_UNBORN = ".tilefuse-init-"
+
+
+def _remove_unborn(path: Path) -> None:
+    """Remove stores a killed run left half-created beside ``path`` (call with the lock held)."""
+    for p in path.parent.glob(f"{path.name}{_UNBORN}*"):
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def _is_zarr_dir(path: Path) -> bool:
+    return path.is_dir() and any((path / f).exists() for f in ("zarr.json", ".zgroup"))
+
+
+def _is_complete_store(path: Path) -> bool:
+    try:
+        return MultiScaleGroup.open(path).is_complete
+    except StoreError:
+        return False
 
 
 class OmeZarrLabelsWriter(OmeZarrWriter):
@@ -331,17 +484,35 @@ class OmeZarrLabelsWriter(OmeZarrWriter):
     def __getstate__(self) -> dict[str, Any]:
         return {**super().__getstate__(), "_image": None}
 
+    @property
+    def lock_target(self) -> Path:
+        """Labels lock their image: one writer per store."""
+        return self.image_path
+
     def _resume_or_create(self, spec: VolumeSpec) -> MultiScaleGroup:
         path, opts = self.path, self.options
+        image = self._image or MultiScaleGroup.open(self.image_path, mode="r+")
+        if not image.is_complete:
+            msg = f"{self.image_path} is an unfinished fusion: finish (resume) it before labels"
+            raise IncompleteStoreError(msg)
         if path.exists() and not opts.overwrite:
             group = MultiScaleGroup.open(path, mode="r+")
-            if group.is_complete or group.get_attribute("fingerprint") != spec.fingerprint:
+            if group.is_complete:
                 msg = f"labels exist: {path} (pass overwrite=True to replace them)"
                 raise OutputExistsError(msg)
-            return group
-        image = self._image or MultiScaleGroup.open(self.image_path, mode="r+")
-        group = image.create_labels(self.name, dtype=spec.dtype, overwrite=opts.overwrite)
-        group.set_attribute("fingerprint", spec.fingerprint)
+            if group.get_attribute("fingerprint") is not None:
+                self._check_resume(group, spec)
+                self._record_levels(group)
+                return group
+            # created by a run killed before it recorded its fingerprint: nothing written yet
+        group = image.create_labels(self.name, dtype=spec.dtype, overwrite=True)
+        fp, parts = self._fingerprint(spec)
+        group._info.update(
+            fingerprint=fp,
+            fingerprint_parts=parts,
+            levels_requested=opts.levels or self.default_levels(),
+        )
+        group._write_metadata()
         return group
 
     def default_levels(self) -> int:

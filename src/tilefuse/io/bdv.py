@@ -24,10 +24,13 @@ file renamed into place when complete.
 
 from __future__ import annotations
 
+import io
 import itertools
 import logging
 import math
 import os
+import signal
+import threading
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,11 +38,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from tilefuse.errors import OutputExistsError, ParameterError
+from tilefuse.errors import IncompleteStoreError, OutputExistsError, ParameterError, WriteError
+from tilefuse.io.outputs import StoreLock
 from tilefuse.pyramid import downsample
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from numpy.typing import ArrayLike, NDArray
 
@@ -357,7 +361,17 @@ class BdvHdf5Writer:
         self.views = list(views)
         self.h5.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = self.h5.with_name(self.h5.name + ".partial")
-        self._file = h5py.File(self.tmp, "w")
+        self._lock = StoreLock(self.h5).acquire()
+        # HDF5 writes through a file object that never fails: a full disk is recorded and
+        # raised by `_check` as a WriteError, instead of surfacing inside HDF5 (h5py
+        # crashes closing a file after a failed write); a Ctrl-C is held back likewise
+        self._fh = _FailSafeFile(self.tmp, "w+")
+        self._restore_sigint = self._fh.defer_ctrl_c()
+        try:
+            self._file = h5py.File(self._fh, "w", driver="fileobj")
+        except BaseException:
+            self.abort()
+            raise
         try:
             cz = tuple(int(c) for c in chunks) if chunks is not None else None
             self._levels = [
@@ -384,28 +398,130 @@ class BdvHdf5Writer:
         ds = self._levels[setup][0][0]
         dt = np.dtype(self.views[setup].data.dtype)
         data = np.asarray(data, dtype=dt)
-        ds[tuple(region)] = data.view(np.int16) if dt == np.uint16 else data
+        data = data.view(np.int16) if dt == np.uint16 else data
+        region = tuple(region)
+        # in slabs of whole chunks: a Ctrl-C or a full disk stops the write within one
+        step = max(1, 8 // int(ds.chunks[0])) * int(ds.chunks[0])
+        z0 = region[0].start or 0
+        for a in range(0, data.shape[0], step):
+            b = min(a + step, data.shape[0])
+            ds[(slice(z0 + a, z0 + b), *region[1:])] = data[a:b]
+            self._check()
+        self._check()
+
+    def _check(self) -> None:
+        """Raise a recorded write failure (as `WriteError`) or a held-back Ctrl-C."""
+        try:
+            self._fh.check()
+        except OSError as e:
+            detail = " ".join(str(e).split())[:300]
+            msg = f"writing {self.h5} failed: {detail}; no output was left behind"
+            raise WriteError(msg) from e
 
     def close(self, block: Sequence[int] = (64, 512, 512)) -> tuple[Path, Path]:
         """Compute the pyramids, put the files in place; returns (h5, xml)."""
         try:
             for levels, view in zip(self._levels, self.views, strict=True):
                 method = "mode" if view.kind == "label" else "mean"
-                _fill_pyramid(levels, np.dtype(view.data.dtype), method, tuple(block))
+                _fill_pyramid(levels, np.dtype(view.data.dtype), method, tuple(block), self._check)
             self._file.close()
+            self._fh.close()
+            self._check()
+            xml_new = self.xml.with_name(self.xml.name + ".new")
+            _write_xml(xml_new, self.h5.name, self.views)
             os.replace(self.tmp, self.h5)
+            os.replace(xml_new, self.xml)
         except BaseException:
             self.abort()
             raise
-        _write_xml(self.xml, self.h5.name, self.views)
+        self._release()
         return self.h5, self.xml
 
     def abort(self) -> None:
         """Close and remove the temporary file (the outputs are left as they were)."""
         try:
-            self._file.close()
+            file = getattr(self, "_file", None)
+            if file is not None:
+                file.close()
+            self._fh.close()
         finally:
             self.tmp.unlink(missing_ok=True)
+            self.xml.with_name(self.xml.name + ".new").unlink(missing_ok=True)
+            self._release()
+
+    def _release(self) -> None:
+        restore = getattr(self, "_restore_sigint", None)
+        if restore is not None:
+            restore()
+            self._restore_sigint = None
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            lock.release()
+            self._lock = None
+
+
+class _FailSafeFile(io.FileIO):
+    """A file whose writes never raise: the first error is kept for `check` to raise.
+
+    HDF5 does not recover from a failed write (h5py segfaults when the file is
+    closed after ENOSPC), so it is never shown one; writes after a failure are
+    dropped and the caller stops at its next `check`.
+    """
+
+    error: BaseException | None = None
+
+    def write(self, b: Any) -> int:
+        n = memoryview(b).nbytes
+        if self.error is None:
+            try:
+                n = int(super().write(b))
+            except BaseException as e:  # OSError, or a Ctrl-C inside HDF5's callback
+                self.error = e
+        return n
+
+    def truncate(self, size: int | None = None) -> int:
+        if self.error is None:
+            try:
+                return int(super().truncate(size))
+            except BaseException as e:
+                self.error = e
+        return int(size or 0)
+
+    raised: bool = False
+
+    def check(self) -> None:
+        """Raise the first write error (or a held-back Ctrl-C), if any."""
+        if self.error is not None:
+            self.raised = True
+            raise self.error
+
+    def defer_ctrl_c(self) -> Callable[[], None] | None:
+        """Hold Ctrl-C (SIGINT) back from HDF5's callbacks until the next `check`.
+
+        Python raises KeyboardInterrupt wherever the main thread runs Python
+        code, including inside h5py's file-driver callbacks, which HDF5 cannot
+        unwind. Returns the function that restores the previous handler (None
+        when nothing was changed: not the main thread, or a caller's own handler).
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        previous = signal.getsignal(signal.SIGINT)
+        if previous is not signal.default_int_handler:
+            return None
+
+        def record(signum: int, frame: Any) -> None:
+            if self.error is None:
+                self.error = KeyboardInterrupt()
+
+        signal.signal(signal.SIGINT, record)
+
+        def restore() -> None:
+            signal.signal(signal.SIGINT, previous)
+            if isinstance(self.error, KeyboardInterrupt) and not self.raised:
+                self.raised = True
+                raise KeyboardInterrupt  # held back until the files were consistent
+
+        return restore
 
 
 def bdv_writer(
@@ -660,6 +776,7 @@ def _fill_pyramid(
     dt: np.dtype[Any],
     method: str,
     block: tuple[int, ...],
+    check: Callable[[], None] = lambda: None,
 ) -> None:
     """Compute every level below 0 from the level above, block by block."""
     for (prev, f_prev), (ds, f_zyx) in itertools.pairwise(levels):
@@ -673,6 +790,7 @@ def _fill_pyramid(
             src = tuple(slice(x.start * k, x.stop * k) for x, k in zip(region, rel, strict=True))
             chunk = downsample(_as_type(prev[src], dt), rel, method)  # type: ignore[arg-type]
             ds[region] = chunk.view(np.int16) if dt == np.uint16 else chunk
+            check()
 
 
 #: gzip level per `OutputOptions.compression` (``"gzip"``: the historical name of the default)
@@ -773,6 +891,13 @@ def group_to_bdv(group: Any, path: str | os.PathLike[str], **options: Any) -> tu
     Each channel becomes a setup with its own channel attribute; labels are
     downsampled by mode. ``options`` go to `write_bdv`.
     """
+    if not group.is_complete and not options.pop("allow_incomplete", False):
+        msg = (
+            f"{group.path} is an unfinished tilefuse write: resume the command that wrote it "
+            "first (or pass allow_incomplete=True)"
+        )
+        raise IncompleteStoreError(msg)
+    options.pop("allow_incomplete", None)
     arr = group[0]
     vs = tuple(float(v) for v in group.voxel_size)
     org = tuple(float(v) for v in group.origin)

@@ -13,11 +13,14 @@ their centres, ``translation = t_{i-1} + (f - 1) / 2 * s_{i-1}``, while
 ``translation = t_{i-1}``. Stores written by other tools are read with their
 own per-level ``scale`` and ``translation``.
 
-Progress of a write is recorded as marker files under
-``<store>/.tilefuse-progress/`` and the group attribute
-``tilefuse.status == "incomplete"`` until `mark_complete` removes both, so an
-interrupted write can be resumed and an incomplete store is never mistaken for
-a finished one.
+Progress of a write is recorded compactly under ``<store>/.tilefuse-progress/``:
+one append-only log per writing process and level, 8 bytes (the block's C-order
+index) per finished block, so the done set of a resume is read once, in
+O(blocks), from a handful of files. The group attribute ``tilefuse.status ==
+"incomplete"`` stays until `mark_complete` removes both, so an interrupted
+write can be resumed and an incomplete store is never mistaken for a finished
+one. ``tilefuse.levels_complete`` counts the finished levels: a downsampled
+level is listed in the metadata only once all its blocks are written.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import itertools
 import logging
 import os
 import shutil
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -226,6 +230,7 @@ class MultiScaleGroup:
             if channel_names
             else ([f"ch{i}" for i in range(n_channels)] if n_channels else None),
             "methods": [],
+            "levels_complete": 0,
         }
         group.attrs.update({**(attributes or {}), "tilefuse": info})
         msg_group = cls(path, group)
@@ -330,11 +335,27 @@ class MultiScaleGroup:
 
     @property
     def n_levels(self) -> int:
-        """Number of resolution levels present."""
+        """Number of resolution levels present (for a tilefuse write: the finished ones)."""
+        done = self._info.get("levels_complete")
+        if done is not None:  # level 0 is always listed; lower levels once complete
+            return max(1, int(done))
         n = 0
         while n in self._arrays or isinstance(self.group.get(self._level_path(n)), zarr.Array):
             n += 1
         return n
+
+    def set_levels_complete(self, n: int) -> None:
+        """Record that levels ``0 .. n - 1`` are completely written (and list them)."""
+        self._info["levels_complete"] = int(n)
+        self._write_metadata()
+
+    def drop_levels_from(self, level: int) -> None:
+        """Delete arrays of ``level`` and beyond (unfinished levels of an earlier run)."""
+        n = int(level)
+        while isinstance(self.group.get(str(n)), zarr.Array):
+            del self.group[str(n)]
+            self._arrays.pop(n, None)
+            n += 1
 
     @property
     def levels(self) -> list[zarr.Array]:
@@ -454,7 +475,8 @@ class MultiScaleGroup:
             msg = f"{self.path}: data shape {tuple(data.shape)} != level 0 shape {self[0].shape}"
             raise ParameterError(msg)
         task = _CopyTask(str(self.path), data)
-        todo = [b for b in self.blocks(0) if b not in self.done_blocks(0)]
+        done = self.done_blocks(0)
+        todo = [b for b in self.blocks(0) if b not in done]
         for _ in imap_unordered(
             task, todo, workers=workers, client=client, progress=progress, desc="level 0"
         ):
@@ -472,22 +494,51 @@ class MultiScaleGroup:
     def _progress_dir(self, level: int) -> Path:
         return self.path / _PROGRESS / str(level)
 
+    def _block_counts(self, level: int) -> tuple[int, int, int]:
+        shape, bs = self[level].shape[-3:], self.block_shape(level)
+        n = [-(-int(s) // int(b)) for s, b in zip(shape, bs, strict=True)]
+        return (n[0], n[1], n[2])
+
     def mark_done(self, block: Block, level: int = 0) -> None:
-        """Record that a block of a level is fully written."""
+        """Record that a block of a level is fully written (8 bytes appended to a log).
+
+        Each process appends to its own log (``<host>-<pid>.log``) with one
+        ``O_APPEND`` write, so concurrent writers never interleave and a kill
+        leaves at most a torn last record, which is ignored.
+        """
         d = self._progress_dir(level)
         d.mkdir(parents=True, exist_ok=True)
-        (d / ".".join(map(str, block))).touch()
+        n = self._block_counts(level)
+        index = (int(block[0]) * n[1] + int(block[1])) * n[2] + int(block[2])
+        log = d / f"{socket.gethostname()}-{os.getpid()}.log"
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            os.write(fd, int(index).to_bytes(8, "little"))
+        finally:
+            os.close(fd)
 
     def done_blocks(self, level: int = 0) -> set[Block]:
-        """Blocks of a level recorded as written by `mark_done`."""
+        """Blocks of a level recorded as written by `mark_done` (read once, O(blocks))."""
         d = self._progress_dir(level)
         if not d.is_dir():
             return set()
+        n = self._block_counts(level)
+        found: list[NDArray[np.int64]] = []
         out: set[Block] = set()
         for p in d.iterdir():
-            parts = p.name.split(".")
-            if len(parts) == 3 and all(x.isdigit() for x in parts):
-                out.add((int(parts[0]), int(parts[1]), int(parts[2])))
+            if p.suffix == ".log":
+                raw = p.read_bytes()
+                raw = raw[: len(raw) // 8 * 8]  # a torn last record (killed mid-write)
+                found.append(np.frombuffer(raw, dtype="<i8"))
+            else:  # one marker file per block, as tilefuse < 0.2 recorded it
+                parts = p.name.split(".")
+                if len(parts) == 3 and all(x.isdigit() for x in parts):
+                    out.add((int(parts[0]), int(parts[1]), int(parts[2])))
+        if found:
+            idx = np.unique(np.concatenate(found))
+            idx = idx[(idx >= 0) & (idx < n[0] * n[1] * n[2])]
+            z, y, x = np.unravel_index(idx, n)
+            out.update(zip(z.tolist(), y.tolist(), x.tolist(), strict=True))
         return out
 
     def mark_complete(self) -> None:
@@ -603,6 +654,8 @@ class MultiScaleGroup:
             desc=f"level {level}",
         ):
             pass
+        if "levels_complete" in self._info:  # listed in the metadata only now, complete
+            self._info["levels_complete"] = max(int(self._info["levels_complete"]), level + 1)
         self._write_metadata()
         return self[level]
 

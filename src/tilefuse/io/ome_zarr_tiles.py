@@ -8,6 +8,7 @@ as in NGFF), at any level.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,7 +16,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import zarr
 
-from tilefuse.errors import MissingTileError, SelectionError, UnsupportedFormatError
+from tilefuse.errors import (
+    IncompleteStoreError,
+    MissingTileError,
+    SelectionError,
+    UnsupportedFormatError,
+)
 from tilefuse.geometry import affine_from_offset
 from tilefuse.source import Source
 
@@ -27,7 +33,9 @@ if TYPE_CHECKING:
     from tilefuse.source import Region
     from tilefuse.tile import Tile
 
-__all__ = ["OmeZarrSource", "find_images", "image_tile", "open_ome_zarr"]
+__all__ = ["OmeZarrSource", "check_complete", "find_images", "image_tile", "open_ome_zarr"]
+
+logger = logging.getLogger(__name__)
 
 
 def _multiscales(group: zarr.Group) -> list[dict[str, Any]] | None:
@@ -73,8 +81,22 @@ def find_images(path: str | os.PathLike[str]) -> list[Path]:
     return [Path(p) for p in natural_sorted([str(p) for p in found])]
 
 
-def image_tile(path: Path, level: int = 0, timepoint: int = 0, index: int = 0) -> Tile:
-    """A `Tile` reading one level of one multiscale image lazily."""
+def image_tile(
+    path: Path,
+    level: int = 0,
+    timepoint: int = 0,
+    index: int = 0,
+    *,
+    allow_incomplete: bool = False,
+) -> Tile:
+    """A `Tile` reading one level of one multiscale image lazily.
+
+    Raises
+    ------
+    IncompleteStoreError
+        If the image is an unfinished (interrupted) tilefuse write and
+        ``allow_incomplete`` is false; with it, a warning is logged instead.
+    """
     from tilefuse.tile import Tile
 
     group = zarr.open_group(str(path), mode="r")
@@ -82,6 +104,7 @@ def image_tile(path: Path, level: int = 0, timepoint: int = 0, index: int = 0) -
     if not ms:
         msg = f"{path}: not an OME-Zarr multiscale image"
         raise UnsupportedFormatError(msg)
+    check_complete(group, path, allow_incomplete)
     m = ms[0]
     try:
         axes = [a["name"] if isinstance(a, dict) else a for a in m["axes"]]
@@ -121,11 +144,30 @@ def open_ome_zarr(
     *,
     level: int = 0,
     timepoint: int = 0,
+    allow_incomplete: bool = False,
 ) -> list[Tile]:
     """Tiles from OME-Zarr images (one multiscale image per tile); see `Tileset.from_ome_zarr`."""
     items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     images = [img for p in items for img in find_images(p)]
-    return [image_tile(p, level, timepoint, i) for i, p in enumerate(images)]
+    return [
+        image_tile(p, level, timepoint, i, allow_incomplete=allow_incomplete)
+        for i, p in enumerate(images)
+    ]
+
+
+def check_complete(group: zarr.Group, path: Path, allow_incomplete: bool = False) -> None:
+    """Refuse (or, when allowed, warn about) a store whose tilefuse write is unfinished."""
+    info = dict(group.attrs).get("tilefuse") or {}
+    status = info.get("status", "complete") if isinstance(info, dict) else "complete"
+    if status == "complete":
+        return
+    msg = (
+        f"{path} is an unfinished tilefuse write (status {status!r}): parts of it may be "
+        "empty; resume the command that wrote it, or pass allow_incomplete=True to read it anyway"
+    )
+    if not allow_incomplete:
+        raise IncompleteStoreError(msg)
+    logger.warning("%s", msg)
 
 
 class OmeZarrSource(Source):

@@ -264,7 +264,12 @@ def tileset_to_bdv(
     ``compression`` and ``overwrite`` apply (see `tilefuse.io.bdv.write_bdv`).
     """
     from tilefuse.io.bdv import write_bdv
+    from tilefuse.io.outputs import check_output_paths, input_paths
 
+    h5 = Path(path)
+    inputs = input_paths(tileset)
+    check_output_paths(h5, inputs)
+    check_output_paths(h5.with_suffix(".xml"), inputs)
     o = options or OutputOptions()
     return write_bdv(
         path,

@@ -84,6 +84,9 @@ def write_spimdata(
         raise OutputExistsError(msg)
     tree = copy.deepcopy(sd.tree)
     root = tree.getroot()
+    # never carry a DOCTYPE or (unresolved) entity references into our output
+    for ent in list(root.iter(etree.Entity)):
+        _drop_keeping_tail(ent)
     for xpath in _ARRAYS:
         for el in root.iterfind(xpath):
             if el.text and el.text.strip():
@@ -135,7 +138,8 @@ def write_spimdata(
     etree.indent(tree, space="  ")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
-    tree.write(str(tmp), xml_declaration=True, encoding="UTF-8", pretty_print=True)
+    # the root element alone: the input's <!DOCTYPE> (and its entity declarations) stay behind
+    tmp.write_bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True))
     os.replace(tmp, path)
     return path
 
@@ -151,6 +155,18 @@ def relative_path(target: str | os.PathLike[str], start: str | os.PathLike[str])
     except ValueError:  # different drives on Windows
         return t.as_posix()
     return Path(rel).as_posix()
+
+
+def _drop_keeping_tail(node: Any) -> None:
+    """Remove an lxml node, keeping the text that follows it."""
+    parent = node.getparent()
+    if node.tail:
+        prev = node.getprevious()
+        if prev is not None:
+            prev.tail = (prev.tail or "") + node.tail
+        else:
+            parent.text = (parent.text or "") + node.tail
+    parent.remove(node)
 
 
 def translation_xyz_from_xyz(shift_xyz: Any) -> Any:

@@ -6,6 +6,7 @@ tifffile's zarr store, which decodes only the pages and strips a region needs.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -14,10 +15,12 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 import tifffile
 
-from tilefuse.errors import MissingTileError, UnsupportedFormatError
+from tilefuse.errors import CorruptFileError, MissingTileError, UnsupportedFormatError
 from tilefuse.source import Source
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from numpy.typing import NDArray
 
     from tilefuse.source import Region
@@ -61,7 +64,7 @@ class TiffSource(Source):
             msg = f"tile file not found: {self.path}"
             raise MissingTileError(msg)
         try:
-            with tifffile.TiffFile(self.path) as tf:
+            with _tifffile_complaints() as complaints, tifffile.TiffFile(self.path) as tf:
                 s = tf.series[self.series]
                 axes, shape, dtype = s.axes, tuple(s.shape), np.dtype(s.dtype)
                 # uncompressed contiguous data can be read with a short-lived memmap
@@ -71,9 +74,21 @@ class TiffSource(Source):
                     if offset is not None
                     else None
                 )
+                end = _data_end(s)
         except (tifffile.TiffFileError, ValueError, IndexError) as e:
             msg = f"cannot read {self.path} as a TIFF (series {self.series}): {e}"
             raise UnsupportedFormatError(msg) from e
+        size = self.path.stat().st_size
+        if complaints:
+            # tifffile only logs a truncated or damaged file and returns fewer planes
+            msg = f"{self.path}: truncated or corrupt TIFF: {complaints[0]}"
+            raise CorruptFileError(msg)
+        if end > size:
+            msg = (
+                f"{self.path}: truncated TIFF: its header places image data up to byte "
+                f"{end}, the file has {size} bytes"
+            )
+            raise CorruptFileError(msg)
         self._axes = axes
         self._dtype = dtype
         self._file_shape = shape
@@ -131,6 +146,46 @@ class _TiffHandle(NamedTuple):
 
     def close(self) -> None:
         self.file.close()
+
+
+class _Collect(logging.Handler):
+    """Collects the warnings and errors tifffile logs while a file is parsed."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def _tifffile_complaints() -> Iterator[list[str]]:
+    """What tifffile logs (at WARNING or above) inside the block: these are errors here."""
+    log = logging.getLogger("tifffile")
+    handler = _Collect()
+    log.addHandler(handler)
+    try:
+        yield handler.messages
+    finally:
+        log.removeHandler(handler)
+
+
+def _data_end(series: Any) -> int:
+    """The last byte offset (exclusive) of the series' image data, as its header claims."""
+    end = 0
+    for page in series.pages:
+        if page is None:
+            continue
+        offsets = getattr(page, "dataoffsets", None) or ()
+        counts = getattr(page, "databytecounts", None) or ()
+        for o, n in zip(offsets, counts, strict=False):
+            if o and n:
+                end = max(end, int(o) + int(n))
+    offset = series.dataoffset
+    if offset is not None:  # contiguous: the whole series after its first byte
+        end = max(end, int(offset) + int(series.size) * np.dtype(series.dtype).itemsize)
+    return end
 
 
 def _axes_to_czyx(
