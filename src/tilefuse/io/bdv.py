@@ -361,18 +361,17 @@ class BdvHdf5Writer:
         self.views = list(views)
         self.h5.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = self.h5.with_name(self.h5.name + ".partial")
-        self._lock = StoreLock(self.h5).acquire()
-        # HDF5 writes through a file object that never fails: a full disk is recorded and
-        # raised by `_check` as a WriteError, instead of surfacing inside HDF5 (h5py
-        # crashes closing a file after a failed write); a Ctrl-C is held back likewise
-        self._fh = _FailSafeFile(self.tmp, "w+")
-        self._restore_sigint = self._fh.defer_ctrl_c()
+        self._fh: _FailSafeFile | None = None
+        self._file: Any = None
+        self._restore_sigint: Callable[[], None] | None = None
+        self._lock: StoreLock | None = StoreLock(self.h5).acquire()
         try:
+            # HDF5 writes through a file object that never fails: a full disk is recorded
+            # and raised by `_check` as a WriteError, instead of surfacing inside HDF5
+            # (h5py crashes closing a file after a failed write); Ctrl-C is held back too
+            self._fh = _FailSafeFile(self.tmp, "w+")
+            self._restore_sigint = self._fh.defer_ctrl_c()
             self._file = h5py.File(self._fh, "w", driver="fileobj")
-        except BaseException:
-            self.abort()
-            raise
-        try:
             cz = tuple(int(c) for c in chunks) if chunks is not None else None
             self._levels = [
                 _create_setup(self._file, k, v, levels, cz, comp)  # type: ignore[arg-type]
@@ -412,7 +411,8 @@ class BdvHdf5Writer:
     def _check(self) -> None:
         """Raise a recorded write failure (as `WriteError`) or a held-back Ctrl-C."""
         try:
-            self._fh.check()
+            if self._fh is not None:
+                self._fh.check()
         except OSError as e:
             detail = " ".join(str(e).split())[:300]
             msg = f"writing {self.h5} failed: {detail}; no output was left behind"
@@ -425,7 +425,9 @@ class BdvHdf5Writer:
                 method = "mode" if view.kind == "label" else "mean"
                 _fill_pyramid(levels, np.dtype(view.data.dtype), method, tuple(block), self._check)
             self._file.close()
-            self._fh.close()
+            self._file = None
+            if self._fh is not None:
+                self._fh.close()
             self._check()
             xml_new = self.xml.with_name(self.xml.name + ".new")
             _write_xml(xml_new, self.h5.name, self.views)
@@ -440,24 +442,24 @@ class BdvHdf5Writer:
     def abort(self) -> None:
         """Close and remove the temporary file (the outputs are left as they were)."""
         try:
-            file = getattr(self, "_file", None)
-            if file is not None:
-                file.close()
-            self._fh.close()
+            if self._file is not None:
+                self._file.close()
+            if self._fh is not None:
+                self._fh.close()
         finally:
             self.tmp.unlink(missing_ok=True)
             self.xml.with_name(self.xml.name + ".new").unlink(missing_ok=True)
             self._release()
 
     def _release(self) -> None:
-        restore = getattr(self, "_restore_sigint", None)
-        if restore is not None:
-            restore()
-            self._restore_sigint = None
         lock = getattr(self, "_lock", None)
         if lock is not None:
             lock.release()
             self._lock = None
+        restore = getattr(self, "_restore_sigint", None)
+        if restore is not None:
+            self._restore_sigint = None
+            restore()  # raises a Ctrl-C that was held back and not yet acted on
 
 
 class _FailSafeFile(io.FileIO):
