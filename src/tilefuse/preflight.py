@@ -132,8 +132,8 @@ def preflight(
     probe_tiles(tiles, workers=workers)
 
 
-_SOURCE_ATTRS = ("channels", "factors", "method", "series", "dataset", "setups", "timepoint")
-_SOURCE_ATTRS += ("position", "level", "array_path", "angle")
+_SOURCE_ATTRS: tuple[str, ...] = ("channels", "factors", "method", "series", "dataset")
+_SOURCE_ATTRS += ("setups", "timepoint", "position", "level", "array_path", "angle")
 
 
 def _file_identity(path: Path) -> list[Any]:

@@ -256,7 +256,7 @@ class OmeZarrWriter(BlockWriter):
 
     def begin(self, spec: VolumeSpec) -> None:
         """Lock the output, then resume an interrupted store of the same plan or create one."""
-        self._lock = StoreLock(self.lock_target).acquire()
+        self._lock: StoreLock | None = StoreLock(self.lock_target).acquire()
         try:
             group = self._resume_or_create(spec)
             if tuple(group[0].shape[-3:]) != spec.spatial_shape:
