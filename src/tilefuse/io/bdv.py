@@ -308,7 +308,27 @@ class _Shape:
         self.shape, self.dtype = tuple(int(n) for n in shape), np.dtype(dtype)
 
 
-class BdvHdf5Writer:
+class _ChunkedLevels:
+    """What the HDF5 and N5 BDV writers share: level 0's chunking and block alignment.
+
+    A subclass keeps ``self._levels[setup][level] = (array, factors)``.
+    """
+
+    _levels: list[list[Any]]
+
+    def chunks(self, setup: int = 0) -> tuple[int, int, int]:
+        """Chunk (z, y, x) of a setup's level 0 (HDF5 chunk, N5 block)."""
+        c = self._levels[setup][0][0].chunks
+        return (int(c[0]), int(c[1]), int(c[2]))
+
+    def aligned(self, block: Sequence[int]) -> tuple[int, int, int]:
+        """``block`` rounded to whole chunks (each chunk then written once)."""
+        c = self.chunks(0)
+        z, y, x = (max(ch, (b // ch) * ch) for b, ch in zip(block, c, strict=True))
+        return (z, y, x)
+
+
+class BdvHdf5Writer(_ChunkedLevels):
     """A BigDataViewer HDF5 + XML written region by region, then its pyramid, atomically.
 
     Level 0 of every setup is filled with `write` (in any order, one region
@@ -380,17 +400,6 @@ class BdvHdf5Writer:
         except BaseException:
             self.abort()
             raise
-
-    def chunks(self, setup: int = 0) -> tuple[int, int, int]:
-        """HDF5 chunk (z, y, x) of a setup's level 0."""
-        c = self._levels[setup][0][0].chunks
-        return (int(c[0]), int(c[1]), int(c[2]))
-
-    def aligned(self, block: Sequence[int]) -> tuple[int, int, int]:
-        """``block`` rounded to whole chunks (each chunk then written once)."""
-        c = self.chunks(0)
-        z, y, x = (max(ch, (b // ch) * ch) for b, ch in zip(block, c, strict=True))
-        return (z, y, x)
 
     def write(self, setup: int, region: Sequence[slice], data: NDArray[Any]) -> None:
         """Write a (z, y, x) region of a setup's level 0."""
@@ -567,7 +576,7 @@ class _N5Level:
         sub.write(np.asarray(data, dtype=self.dtype).transpose(2, 1, 0)).result()
 
 
-class BdvN5Writer:
+class BdvN5Writer(_ChunkedLevels):
     """A BigDataViewer N5 container + XML written region by region, then its pyramid, atomically.
 
     The N5 twin of `BdvHdf5Writer` (same methods): bdv-core's layout
@@ -674,17 +683,6 @@ class BdvN5Writer:
         except BaseException:
             self.abort()
             raise
-
-    def chunks(self, setup: int = 0) -> tuple[int, int, int]:
-        """N5 block (z, y, x) of a setup's level 0."""
-        c = self._levels[setup][0][0].chunks
-        return (int(c[0]), int(c[1]), int(c[2]))
-
-    def aligned(self, block: Sequence[int]) -> tuple[int, int, int]:
-        """``block`` rounded to whole chunks (each chunk, one file, then written once)."""
-        c = self.chunks(0)
-        z, y, x = (max(ch, (b // ch) * ch) for b, ch in zip(block, c, strict=True))
-        return (z, y, x)
 
     def write(self, setup: int, region: Sequence[slice], data: NDArray[Any]) -> None:
         """Write a (z, y, x) region of a setup's level 0."""

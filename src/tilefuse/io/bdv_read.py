@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 __all__ = ["BdvFile", "BdvLevel", "BdvSource"]
 
 #: the N5 DataType names bdv-core accepts in the ``dataType`` attribute
-_DATA_TYPES = (
+BDV_DATA_TYPES = (
     "int8",
     "uint8",
     "int16",
@@ -333,10 +333,10 @@ class BdvFile(Lifecycle):
         if isinstance(value, bytes | np.bytes_):
             value = bytes(value).decode("ascii", errors="replace")
         name = value.strip("\x00 \t\r\n").lower() if isinstance(value, str) else None
-        if name not in _DATA_TYPES:
+        if name not in BDV_DATA_TYPES:
             msg = (
                 f"{self.path}: attribute dataType={value!r} of /s{setup:02d} is not a "
-                f"BigDataViewer data type; expected one of {', '.join(_DATA_TYPES)}"
+                f"BigDataViewer data type; expected one of {', '.join(BDV_DATA_TYPES)}"
             )
             raise UnsupportedFormatError(msg)
         return np.dtype(name)

@@ -43,7 +43,7 @@ from tilefuse.errors import (
     SelectionError,
     UnsupportedFormatError,
 )
-from tilefuse.io.bdv_read import BdvLevel
+from tilefuse.io.bdv_read import BDV_DATA_TYPES, BdvLevel
 from tilefuse.source import Source, normalize_region
 
 if TYPE_CHECKING:
@@ -63,6 +63,7 @@ __all__ = [
 ]
 
 #: N5 data types bdv-core accepts (all native: no int16 trick in N5)
+N5_DATA_TYPES = BDV_DATA_TYPES
 N5_DATA_TYPES = (
     "int8",
     "uint8",
