@@ -382,3 +382,99 @@ def test_ctrl_c_during_bdv_export_leaves_nothing_half_written(tmp_path):
         == 0
     )
     assert sorted(q.name for q in out.iterdir()) == ["x.h5", "x.xml"]
+
+
+# -- 3, 4, 8. resume: what changed, levels, the start-up window ------------------------------
+def _interrupted(ts, out, monkeypatch, depth=1, **opts):
+    """Fuse until the 3rd block read fails (after the probe); the store stays unfinished.
+
+    ``depth``: sources per tile whose ``read`` is counted (a channel subset wraps one).
+    """
+    from tilefuse.source import Source
+
+    calls, read = [0], Source.read
+
+    def dying(self, region):
+        calls[0] += 1
+        if calls[0] > depth * (2 * len(ts) + 3):
+            raise RuntimeError("simulated crash")
+        return read(self, region)
+
+    monkeypatch.setattr(Source, "read", dying)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        ts.fuse(out, workers=1, **opts)
+    monkeypatch.setattr(Source, "read", read)
+    assert not MultiScaleGroup.open(out).is_complete
+
+
+SMALL = {"chunks": (8, 16, 16), "shards": (8, 32, 32)}
+
+
+def test_resume_refuses_changed_inputs_or_settings(demo, tmp_path, monkeypatch):
+    from tilefuse.errors import ResumeMismatchError
+
+    out = tmp_path / "o.ome.zarr"
+    ts = Tileset.open(demo.folder)
+    _interrupted(ts, out, monkeypatch, **SMALL)
+    for change, what in (
+        ({"compression": "fast"}, "output compression"),
+        ({"version": "0.4", "shards": False}, "output version"),
+        ({"chunks": (8, 32, 32)}, "output chunks"),
+        ({"blend": "max"}, "blend settings"),
+    ):
+        with pytest.raises(ResumeMismatchError, match=what):
+            ts.fuse(out, **{**SMALL, **change})
+    # a tile file replaced between the runs (the reported bug: old blocks kept)
+    tile = sorted(demo.folder.glob("tile*.tif"))[0]
+    tifffile.imwrite(tile, tifffile.imread(tile)[::-1].copy())
+    with pytest.raises(ResumeMismatchError, match="tile files"):
+        Tileset.open(demo.folder).fuse(out, **SMALL)
+    assert main(["stitch", str(demo.folder), "-o", str(out), "--no-progress"]) == 2
+    # --overwrite replaces it, and the result is the fresh run's
+    g = Tileset.open(demo.folder).fuse(out, overwrite=True, **SMALL)
+    np.testing.assert_array_equal(g.read(), Tileset.open(demo.folder).fuse())
+
+
+def test_channel_selection_is_part_of_the_fingerprint(tmp_path, monkeypatch):
+    from tilefuse.errors import ResumeMismatchError
+
+    rng = np.random.default_rng(1)
+    arrays = [rng.integers(0, 999, (2, 8, 48, 48), dtype=np.uint16) for _ in range(2)]
+    ts = Tileset.from_arrays(arrays, offsets=[(0, 0, 0), (0, 0, 40)], voxel_size=(1, 1, 1))
+    out = tmp_path / "c.ome.zarr"
+    _interrupted(ts.select_channels([0]), out, monkeypatch, depth=2, **SMALL)
+    with pytest.raises(ResumeMismatchError, match="tile files and channels"):
+        ts.select_channels([1]).fuse(out, **SMALL)
+    g = ts.select_channels([0]).fuse(out, **SMALL)  # the same selection resumes
+    np.testing.assert_array_equal(g.read(), ts.select_channels([0]).fuse())
+
+
+def test_levels_listed_only_when_complete_and_never_fewer_on_resume(demo, tmp_path, monkeypatch):
+    from tilefuse.errors import ResumeMismatchError
+
+    out = tmp_path / "o.ome.zarr"
+    ts = Tileset.open(demo.folder)
+    _interrupted(ts, out, monkeypatch, levels=3, **SMALL)
+    g = MultiScaleGroup.open(out)
+    assert g.n_levels == 1  # level 0 listed (unfinished), no downsampled level yet
+    with pytest.raises(ResumeMismatchError, match="3 levels"):
+        ts.fuse(out, levels=2, **SMALL)
+    g = ts.fuse(out, levels=4, **SMALL)  # more levels extend the resumed store
+    ref = ts.fuse(tmp_path / "ref.ome.zarr", levels=4, **SMALL)
+    assert g.is_complete and g.n_levels == 4
+    for i in range(4):
+        np.testing.assert_array_equal(g.read(level=i), ref.read(level=i))
+
+
+def test_a_kill_while_the_store_is_created_does_not_block_the_rerun(demo, tmp_path, monkeypatch):
+    out = tmp_path / "o.ome.zarr"
+    ts = Tileset.open(demo.folder)
+    # a run killed inside store creation leaves only its half-made folder beside the output
+    (tmp_path / "o.ome.zarr.tilefuse-init-4242").mkdir()
+    (tmp_path / "o.ome.zarr.tilefuse-init-4242" / "zarr.json").write_text("{}")
+    # a run killed just after creation (before any block): the identical rerun resumes it
+    _interrupted(ts, out, monkeypatch, **SMALL)
+    g = ts.fuse(out, **SMALL)
+    assert g.is_complete
+    np.testing.assert_array_equal(g.read(), ts.fuse())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo", "o.ome.zarr"]
