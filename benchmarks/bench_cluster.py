@@ -247,12 +247,19 @@ def part_register(args, tmp: Path) -> None:
 def _big_child(gb: float, out: str) -> None:
     side = int(np.sqrt(gb * 1e9 / 2 / 128))
     ts, _ = mosaic((128, side, side), grid=(8, 8), overlap=0.1, n_blobs=2000)
-    with local_cluster() as client:
+    import resource
+
+    import os
+
+    with local_cluster(tune=os.environ.get("BENCH_TUNE", "1") == "1") as client:
         t0 = time.perf_counter()
         g = ts.fuse(out, client=client, blend="linear", levels=1)
         sec = time.perf_counter() - t0
+        workers = worker_peak_mb(client)
+    client_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     nbytes = int(np.prod(g[0].shape)) * 2
-    print(json.dumps({"gb": nbytes / 1e9, "seconds": sec, "shape": list(g[0].shape)}))
+    print(json.dumps({"gb": nbytes / 1e9, "seconds": sec, "shape": list(g[0].shape),
+                      "worker_peak_mb": workers, "client_peak_mb": client_mb}))  # fmt: skip
 
 
 def part_big(args, tmp: Path) -> None:
@@ -261,10 +268,12 @@ def part_big(args, tmp: Path) -> None:
     out = tmp / "big.ome.zarr"
     cmd = [sys.executable, __file__, "_big", "--gb", str(args.gb), "--out", str(out)]
     info = run_measured(cmd, timeout=7200)
-    print("\n| output GB | shape | seconds | MB/s | peak RSS MB (process tree) |")
-    print("|---|---|---|---|---|")
+    print("\n| output GB | shape | seconds | MB/s | peak RSS MB: process tree | one worker "
+          "| client (+ scheduler) |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
     print(f"| {info['gb']:.1f} | {tuple(info['shape'])} | {info['seconds']:.0f} "
-          f"| {info['gb'] * 1e3 / info['seconds']:.0f} | {info['peak_rss_mb']:.0f} |")  # fmt: skip
+          f"| {info['gb'] * 1e3 / info['seconds']:.0f} | {info['peak_rss_mb']:.0f} "
+          f"| {info['worker_peak_mb']:.0f} | {info['client_peak_mb']:.0f} |")  # fmt: skip
 
 
 def main() -> None:

@@ -183,7 +183,7 @@ def _tune_malloc() -> bool:
     also freezes glibc's mmap threshold at 128 KiB: every block buffer is then
     a fresh mmap and fusion spends its time in page faults (2.2x slower than
     threads, measured). Raising both thresholds at run time restores the
-    speed; memory kept per worker stays bounded by them (64 and 128 MiB).
+    speed. The values (32 and 64 MiB) are the largest glibc would pick by itself.
     """
     import ctypes
     import ctypes.util
@@ -191,7 +191,7 @@ def _tune_malloc() -> bool:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         m_trim_threshold, m_mmap_threshold = -1, -3
-        ok = libc.mallopt(m_mmap_threshold, 64 << 20) and libc.mallopt(m_trim_threshold, 128 << 20)
+        ok = libc.mallopt(m_mmap_threshold, 32 << 20) and libc.mallopt(m_trim_threshold, 64 << 20)
     except (OSError, AttributeError):  # not glibc
         return False
     return bool(ok)
