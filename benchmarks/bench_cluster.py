@@ -247,9 +247,8 @@ def part_register(args, tmp: Path) -> None:
 def _big_child(gb: float, out: str) -> None:
     side = int(np.sqrt(gb * 1e9 / 2 / 128))
     ts, _ = mosaic((128, side, side), grid=(8, 8), overlap=0.1, n_blobs=2000)
-    import resource
-
     import os
+    import resource
 
     with local_cluster(tune=os.environ.get("BENCH_TUNE", "1") == "1") as client:
         t0 = time.perf_counter()
