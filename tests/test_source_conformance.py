@@ -101,7 +101,6 @@ class TestJp2Source(SourceTests):
 
     @pytest.fixture
     def source(self, tmp_path, expected):
-        pytest.importorskip("imagecodecs")
         from tilefuse.io.jp2 import Jp2Source, write_jp2
 
         return Jp2Source(write_jp2(tmp_path / "t.jp2", expected[0]))
@@ -110,7 +109,8 @@ class TestJp2Source(SourceTests):
 class TestJp2SourceRealRgb(SourceTests):
     @pytest.fixture
     def expected(self, shared_data):
-        imagecodecs = pytest.importorskip("imagecodecs")
+        import imagecodecs
+
         rgb = imagecodecs.jpeg2k_decode((shared_data / "jp2" / "text_GBR.jp2").read_bytes())
         return np.moveaxis(rgb, -1, 0)[:, None]
 
@@ -128,7 +128,8 @@ class TestH5Source(SourceTests):
 
     @pytest.fixture
     def source(self, tmp_path, expected):
-        h5py = pytest.importorskip("h5py")
+        import h5py
+
         with h5py.File(tmp_path / "t.h5", "w") as f:
             f.create_dataset("tiles/a", data=expected[0], chunks=(2, 8, 8))
         return H5Source(tmp_path / "t.h5", "tiles/a")
@@ -137,14 +138,14 @@ class TestH5Source(SourceTests):
 class TestNd2Source(SourceTests):
     @pytest.fixture
     def expected(self, shared_data):
-        nd2 = pytest.importorskip("nd2")
+        import nd2
+
         with nd2.ND2File(shared_data / "nd2" / "cluster.nd2") as f:
             data = f.asarray()  # (T, Z, C, Y, X)
         return np.moveaxis(data[1], 1, 0)
 
     @pytest.fixture
     def source(self, shared_data):
-        pytest.importorskip("nd2")
         from tilefuse.io.nd2 import Nd2Source
 
         return Nd2Source(shared_data / "nd2" / "cluster.nd2", timepoint=1)
@@ -180,7 +181,8 @@ class TestBdvSourceReal(SourceTests):
 
     @pytest.fixture
     def expected(self, case):
-        h5py = pytest.importorskip("h5py")
+        import h5py
+
         path, setups, tp, level = case
         with h5py.File(path, "r") as f:
             data = [f[f"t{tp:05d}/s{s:02d}/{level}/cells"][()] for s in setups]
@@ -261,7 +263,7 @@ def test_unreadable_source_is_a_source_that_raises_on_read():
 
 def test_max_open_bounds_decoded_jp2_tiles(tmp_path):
     """At most Jp2Source.max_open tiles stay decoded; the least recently read goes first."""
-    pytest.importorskip("imagecodecs")
+
     from tilefuse.io.jp2 import Jp2Source, write_jp2
 
     tiles = [_truth((1, 2, 16, 16), seed=i)[0] for i in range(Jp2Source.max_open + 3)]
@@ -292,7 +294,8 @@ def test_a_forked_child_reopens_and_leaves_the_parents_handle_alone(tmp_path):
     """After a fork the inherited handle is not used (h5py handles are per process)."""
     import multiprocessing as mp
 
-    h5py = pytest.importorskip("h5py")
+    import h5py
+
     if "fork" not in mp.get_all_start_methods():
         pytest.skip("no fork on this platform")
     data = _truth((1, 5, 16, 18), np.uint8)[0]

@@ -64,18 +64,6 @@ __all__ = [
 
 #: N5 data types bdv-core accepts (all native: no int16 trick in N5)
 N5_DATA_TYPES = BDV_DATA_TYPES
-N5_DATA_TYPES = (
-    "int8",
-    "uint8",
-    "int16",
-    "uint16",
-    "int32",
-    "uint32",
-    "int64",
-    "uint64",
-    "float32",
-    "float64",
-)
 _SETUP_RE = re.compile(r"setup(\d+)")
 _TIMEPOINT_RE = re.compile(r"timepoint(\d+)")
 
