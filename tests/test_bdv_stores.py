@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import zarr
 
 from conftest import SHARED_DATA
 from tilefuse import Tileset
@@ -23,7 +24,6 @@ from tilefuse.synthetic import cut_tiles, make_volume
 from tilefuse.testing import SourceTests
 
 ts = pytest.importorskip("tensorstore")
-zarr = pytest.importorskip("zarr")
 
 LINT = SHARED_DATA.parent / "tools" / "spimdata_lint.py"
 VOXEL = (1.0, 0.5, 0.5)  # (z, y, x) um

@@ -115,7 +115,6 @@ def _mosaic(seed, dtype=np.uint16):
 
 
 def test_jp2_folder_with_exm_offsets_cli_equals_api(tmp_path):
-    pytest.importorskip("imagecodecs")
     from tilefuse.io.jp2 import write_jp2
 
     vol, m = _mosaic(5)

@@ -422,6 +422,51 @@ def _read_into(ds: Any, region: Region, out: NDArray[Any]) -> None:
     ds.read_direct(dest, source_sel=region)
 
 
+def check_same_shape(
+    where: object,
+    setups: list[int],
+    shapes: dict[int, Any],
+    dtypes: dict[int, Any],
+    timepoint: int,
+    level: int,
+) -> None:
+    """Raise `IncompatibleTilesError` unless the setups (channels of one tile) agree."""
+    if len(set(shapes.values())) > 1 or len(set(dtypes.values())) > 1:
+        detail = ", ".join(f"setup {s}: {shapes[s]} {dtypes[s]}" for s in setups)
+        msg = (
+            f"{where}: setups used as channels must share shape and dtype "
+            f"(timepoint {timepoint}, level {level}); got {detail}"
+        )
+        raise IncompatibleTilesError(msg)
+
+
+def setups_as_channels(
+    where: object, container: Any, setups: list[int], timepoint: int, level: int
+) -> tuple[tuple[int, int, int], np.dtype[Any]]:
+    """The common (z, y, x) shape and dtype of ``setups`` read as channels of one tile.
+
+    ``container`` is a BigDataViewer container (HDF5 or N5) with ``levels(setup,
+    timepoint)`` and ``dtype(setup)``.
+
+    Raises
+    ------
+    SelectionError
+        If a setup has no such level.
+    IncompatibleTilesError
+        If the setups differ in shape or dtype.
+    """
+    shapes, dtypes = {}, {}
+    for s in setups:
+        lv = container.levels(s, timepoint)
+        if not 0 <= level < len(lv):
+            msg = f"{where}: setup {s} has {len(lv)} level(s); got level {level}"
+            raise SelectionError(msg)
+        shapes[s], dtypes[s] = tuple(lv[level].shape), container.dtype(s)
+    check_same_shape(where, setups, shapes, dtypes, timepoint, level)
+    z, y, x = shapes[setups[0]]
+    return (int(z), int(y), int(x)), np.dtype(dtypes[setups[0]])
+
+
 class BdvSource(Source):
     """Lazy pixel source over setups of one BigDataViewer HDF5 file.
 
@@ -466,23 +511,10 @@ class BdvSource(Source):
             msg = f"{self.file.path}: BdvSource needs at least one setup"
             raise ParameterError(msg)
         self.timepoint, self.level = int(timepoint), int(level)
-        shapes, dtypes = {}, {}
-        for s in self.setups:
-            lv = self.file.levels(s, self.timepoint)
-            if not 0 <= self.level < len(lv):
-                msg = f"{self.file.path}: setup {s} has {len(lv)} level(s); got level {level}"
-                raise SelectionError(msg)
-            shapes[s], dtypes[s] = lv[self.level].shape, self.file.dtype(s)
-        if len(set(shapes.values())) > 1 or len(set(dtypes.values())) > 1:
-            detail = ", ".join(f"s{s:02d}: {shapes[s]} {dtypes[s]}" for s in self.setups)
-            msg = (
-                f"{self.file.path}: setups used as channels must share shape and dtype "
-                f"(timepoint {self.timepoint}, level {self.level}); got {detail}"
-            )
-            raise IncompatibleTilesError(msg)
-        z, y, x = shapes[self.setups[0]]
-        self._shape = (len(self.setups), z, y, x)
-        self._dtype = dtypes[self.setups[0]]
+        shape, self._dtype = setups_as_channels(
+            self.file.path, self.file, self.setups, self.timepoint, self.level
+        )
+        self._shape = (len(self.setups), *shape)  # type: ignore[assignment]
 
     @property
     def path(self) -> Path:

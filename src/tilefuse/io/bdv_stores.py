@@ -37,13 +37,17 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from tilefuse.errors import (
-    IncompatibleTilesError,
     MissingTileError,
     ParameterError,
     SelectionError,
     UnsupportedFormatError,
 )
-from tilefuse.io.bdv_read import BDV_DATA_TYPES, BdvLevel
+from tilefuse.io.bdv_read import (
+    BDV_DATA_TYPES,
+    BdvLevel,
+    check_same_shape,
+    setups_as_channels,
+)
 from tilefuse.source import Source, normalize_region
 
 if TYPE_CHECKING:
@@ -397,16 +401,10 @@ class BdvN5Source(Source):
             msg = f"{self.n5.location}: BdvN5Source needs at least one setup"
             raise ParameterError(msg)
         self.timepoint, self.level = int(timepoint), int(level)
-        shapes, dtypes = {}, {}
-        for s in self.setups:
-            levels = self.n5.levels(s, self.timepoint)
-            if not 0 <= self.level < len(levels):
-                msg = f"{self.n5.location}: setup {s} has {len(levels)} level(s); got {level}"
-                raise SelectionError(msg)
-            shapes[s], dtypes[s] = levels[self.level].shape, self.n5.dtype(s)
-        _check_same(self.n5.location, self.setups, shapes, dtypes, self.timepoint, self.level)
-        self._shape = (len(self.setups), *shapes[self.setups[0]])  # type: ignore[assignment]
-        self._dtype = dtypes[self.setups[0]]
+        shape, self._dtype = setups_as_channels(
+            self.n5.location, self.n5, self.setups, self.timepoint, self.level
+        )
+        self._shape = (len(self.setups), *shape)  # type: ignore[assignment]
 
     @property
     def path(self) -> Location:
@@ -434,23 +432,6 @@ class BdvN5Source(Source):
             f"timepoint={self.timepoint}, level={self.level}, shape={self.shape}, "
             f"dtype={self.dtype})"
         )
-
-
-def _check_same(
-    where: object,
-    setups: list[int],
-    shapes: dict[int, Any],
-    dtypes: dict[int, Any],
-    timepoint: int,
-    level: int,
-) -> None:
-    if len(set(shapes.values())) > 1 or len(set(dtypes.values())) > 1:
-        detail = ", ".join(f"setup {s}: {shapes[s]} {dtypes[s]}" for s in setups)
-        msg = (
-            f"{where}: setups used as channels must share shape and dtype (timepoint "
-            f"{timepoint}, level {level}); got {detail}"
-        )
-        raise IncompatibleTilesError(msg)
 
 
 # -- bdv.multimg.zarr ---------------------------------------------------------------------------
@@ -607,7 +588,7 @@ class ZarrViewSource(Source):
             extra = len(v.index(self.level))
             shapes[k] = tuple(int(n) for n in arr.shape[extra:])
             dtypes[k] = np.dtype(getattr(arr.dtype, "numpy_dtype", arr.dtype))
-        _check_same(
+        check_same_shape(
             self.views[0].location, list(range(len(self.views))), shapes, dtypes, 0, self.level
         )
         self._shape = (len(self.views), *shapes[0])  # type: ignore[assignment]
