@@ -28,6 +28,28 @@ def test_any_region_of_the_sample_equals_the_same_region_of_the_whole():
     assert img[lab > 0].mean() > img[lab == 0].mean() + 5000
 
 
+def test_regions_are_generated_in_slabs_with_bounded_memory(monkeypatch):
+    """Reading a region costs about the region: the generator works in z-slabs (a 33 MB
+    region used to cost 400 MB of float32 temporaries, which made cluster workers grow)."""
+    import tracemalloc
+
+    s = SyntheticSample((24, 120, 130), seed=5, n_blobs=60)
+    region = (slice(2, 23), slice(7, 120), slice(0, 111))
+    img, lab = s.image(region), s.labels(region)
+    monkeypatch.setattr(SyntheticSample, "SLAB_VOXELS", 111 * 113 * 2 + 5)  # 2 planes a slab
+    np.testing.assert_array_equal(s.image(region), img)
+    np.testing.assert_array_equal(s.labels(region), lab)
+    monkeypatch.undo()
+    big = SyntheticSample((64, 512, 512), seed=1, n_blobs=200)
+    tracemalloc.start()
+    try:
+        out = big.image((slice(0, 64), slice(0, 512), slice(0, 512)))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < out.nbytes + 32 * 2**20, peak / 2**20
+
+
 def test_more_rows_and_columns_make_a_bigger_sample_with_the_same_tiles(tmp_path):
     small = write_demo(tmp_path / "a", grid=(2, 2), tile_shape=(6, 40, 50))
     big = write_demo(tmp_path / "b", grid=(3, 4), tile_shape=(6, 40, 50))

@@ -309,9 +309,31 @@ class SyntheticSample:
             sl = tuple(slice(a[k] - lo[k], b[k] - lo[k]) for k in range(3))
             yield idx, sl, d2
 
+    #: voxels generated at a time (z-slabs): temporaries stay a few MB whatever the region
+    SLAB_VOXELS = 1 << 20
+
+    def _slabs(self, lo: NDArray[np.int64], hi: NDArray[np.int64]) -> Any:
+        """Split a box into z-slabs of at most `SLAB_VOXELS` voxels (at least one plane)."""
+        plane = int(np.prod(hi[1:] - lo[1:]))
+        step = max(1, self.SLAB_VOXELS // max(plane, 1))
+        for z0 in range(int(lo[0]), int(hi[0]), step):
+            z1 = min(z0 + step, int(hi[0]))
+            a, b = lo.copy(), hi.copy()
+            a[0], b[0] = z0, z1
+            yield slice(z0 - lo[0], z1 - lo[0]), a, b
+
     def image(self, region: Sequence[slice]) -> NDArray[Any]:
-        """The image over ``region`` (three slices with steps of 1)."""
+        """The image over ``region`` (three slices with steps of 1).
+
+        Generated in z-slabs, so the memory used is the result plus a few MB.
+        """
         lo, hi = self._box(region)
+        out = np.empty(tuple(hi - lo), dtype=self.dtype)
+        for sl, a, b in self._slabs(lo, hi):
+            out[sl] = self._image(a, b)
+        return out
+
+    def _image(self, lo: NDArray[np.int64], hi: NDArray[np.int64]) -> NDArray[Any]:
         z, y, x = (np.arange(lo[k], hi[k]) for k in range(3))
         bg = np.zeros(tuple(hi - lo), dtype=np.float32)
         for tz, ty, tx in self._tables:
@@ -328,8 +350,14 @@ class SyntheticSample:
         return img.astype(self.dtype)
 
     def labels(self, region: Sequence[slice]) -> NDArray[np.uint32]:
-        """The blob labels over ``region`` (uint32; 0 is background)."""
+        """The blob labels over ``region`` (uint32; 0 is background), generated in z-slabs."""
         lo, hi = self._box(region)
+        out = np.empty(tuple(hi - lo), dtype=np.uint32)
+        for sl, a, b in self._slabs(lo, hi):
+            out[sl] = self._labels(a, b)
+        return out
+
+    def _labels(self, lo: NDArray[np.int64], hi: NDArray[np.int64]) -> NDArray[np.uint32]:
         r = int(np.floor(self.blob_radius))
         r2 = int(np.floor(self.blob_radius**2))
         out = np.zeros(tuple(hi - lo), dtype=np.uint32)
