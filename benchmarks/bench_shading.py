@@ -12,7 +12,7 @@ at the corners (`tilefuse.synthetic.shaded_mosaic`), gains uniform in
 - tilefuse, shading only: `tilefuse.shading.estimate_shading` on a random
   sample of 200 of the 256 planes (``max_planes``, the default);
 - tilefuse, with overlaps: `Tileset.estimate_corrections(offsets=True)` (the
-  sample estimate refined by the tile overlaps, alternating with the gains);
+  sample estimate refined by the tile overlaps, jointly with the gains);
 - BaSiCPy ``BaSiC(get_darkfield=False).fit`` on all 256 planes, its defaults,
   in its own venv (``python -m venv /work/venvs/basicpy && .../pip install
   basicpy``), ``benchmarks/peers/basicpy_fit.py``.

@@ -14,6 +14,7 @@ import numpy as np
 
 from tilefuse._version import __version__
 from tilefuse.blend import blend_names, label_safe_names
+from tilefuse.correction import RAMPS
 from tilefuse.errors import MissingTileError, OutputExistsError, TilefuseError
 from tilefuse.options import ExecOptions, FusionOptions, OutputOptions
 
@@ -154,6 +155,7 @@ def cmd_correct(args: argparse.Namespace) -> int:
         offsets=args.offsets,
         reference=args.reference,
         max_planes=args.max_planes,
+        ramp=args.ramp,
     )
     out = corr.save(args.output)
     _out(f"corrections:  {out}")
@@ -594,6 +596,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--offsets", action="store_true", help="also solve an offset per tile")
     sp.add_argument("--reference", type=int, help="tile kept at gain 1 (default: best linked)")
     sp.add_argument("--max-planes", type=int, default=200, help="planes sampled for shading")
+    sp.add_argument(
+        "--ramp",
+        default="auto",
+        choices=RAMPS,
+        help="decide the flat-field's log-linear ramp (invisible to overlaps): auto (the "
+        "sample's, where significant), centred (symmetric optics), content, gains (no gain "
+        "trend across the mosaic); default auto",
+    )
     sp.add_argument("--qc-png", help="write a QC picture of the profiles and gains here")
     sp.set_defaults(func=cmd_correct)
 

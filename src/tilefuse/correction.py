@@ -416,8 +416,8 @@ def estimate_corrections(
     reference: int | None = None,
     max_planes: int = 200,
     min_ncc: float = 0.3,
-    refine: int = 3,
-    detrend: bool = False,
+    refine: bool = True,
+    ramp: str = "auto",
     seed: int = 0,
 ) -> Corrections:
     """Estimate shading profiles and per-tile gains (see `tilefuse.shading`, `tilefuse.equalise`).
@@ -444,13 +444,20 @@ def estimate_corrections(
         Planes sampled for the shading (the read bound).
     min_ncc : float
         Overlaps whose voxels correlate less are not used for gains.
-    refine : int
-        Rounds of refining an estimated flat-field with the overlaps
-        (`tilefuse.shading.refine_flatfield`) alternating with the gains; 0 = none.
-    detrend : bool
-        Resolve the one thing overlaps cannot tell apart, a log-linear ramp
-        across the flat-field versus a matching trend of the gains across the
-        mosaic, in favour of gains with no trend (`_detrend`).
+    refine : bool
+        Refine an estimated flat-field with the overlaps, jointly with the
+        gains (`tilefuse.shading.refine_flatfield`).
+    ramp : {"auto", "centred", "content", "gains"}
+        How to decide the one thing overlaps cannot tell apart: a log-linear
+        ramp across the flat-field (`tilefuse.shading.log_ramp`) versus a
+        matching trend of the gains across the mosaic. ``"centred"``: no ramp
+        (shading symmetric about the field's centre, as vignetting of a centred
+        optical axis is); ``"content"``: the ramp of the sample estimate;
+        ``"auto"`` (default): the sample's ramp where it stands out of its own
+        split-half noise (3 sigma; e.g. an illumination gradient), shrunk
+        towards no ramp otherwise; ``"gains"``: gains with no linear trend
+        across the mosaic (`_detrend`). Only used when the flat-field is
+        estimated and refined with overlaps.
     seed : int
         Sampling seed.
 
@@ -461,6 +468,9 @@ def estimate_corrections(
     from tilefuse.equalise import overlap_samples
     from tilefuse.shading import estimate_shading, refine_flatfield
 
+    if ramp not in RAMPS:
+        msg = f"ramp must be one of {RAMPS}, not {ramp!r}"
+        raise CorrectionError(msg)
     nc = tiles[0].n_channels
     _, ny, nx = tiles[0].shape
     chans = list(range(nc)) if channels is None else [int(c) for c in channels]
@@ -475,6 +485,7 @@ def estimate_corrections(
         flat, info["flatfield_source"] = load_profile(flatfield, (nc, ny, nx), "flatfield")  # type: ignore[arg-type]
     if want_d and darkfield is not True:
         dark, info["darkfield_source"] = load_profile(darkfield, (nc, ny, nx), "darkfield")  # type: ignore[arg-type]
+    noise: dict[int, float] = {}
     if flatfield is True or darkfield is True:
         est_f = np.ones((nc, ny, nx), np.float32)
         est_d = np.zeros((nc, ny, nx), np.float32)
@@ -483,6 +494,7 @@ def estimate_corrections(
                 tiles, c, darkfield=darkfield is True, max_planes=max_planes, seed=seed
             )
             est_f[c] = m.flatfield
+            noise[c] = m.ramp_noise
             if m.darkfield is not None:
                 est_d[c] = m.darkfield
         if flatfield is True:
@@ -494,26 +506,27 @@ def estimate_corrections(
         g = np.ones((len(tiles), nc))
         o = np.zeros((len(tiles), nc)) if offsets else None
         links: dict[str, Any] = {}
+        ramps: dict[str, Any] = {}
         dark_only = [
             replace(t, source=CorrectedSource(t.source, darkfield=dark, dtype=np.float32))
             for t in tiles
         ]
         for c in chans:
-            ref = reference
-            estimated = flatfield is True and flat is not None
-            for it in range(refine + 1):
-                sol = _solve_channel(tiles, overlaps, flat, dark, c, offsets, min_ncc, ref)
-                ref = sol.reference
-                if it == refine or not estimated:
-                    break
-                assert flat is not None  # estimated
-                if it == 0:
-                    prior = flat[c].copy()
-                    samples = overlap_samples(dark_only, overlaps, sol.kept, c)
-                flat[c] = refine_flatfield(samples, sol.gains, sol.offsets, prior)
-            if estimated and detrend and len(sol.kept) >= 3:
-                flat[c] = _detrend(flat[c], sol, tiles)  # type: ignore[index]
-                sol = _solve_channel(tiles, overlaps, flat, dark, c, offsets, min_ncc, ref)
+            sol = _solve_channel(tiles, overlaps, flat, dark, c, offsets, min_ncc, reference)
+            ref = sol.reference
+            if flatfield is True and flat is not None and refine and sol.kept:
+                samples = overlap_samples(dark_only, overlaps, sol.kept, c)
+                if samples:
+                    content = flat[c].copy()
+                    flat[c] = refine_flatfield(
+                        samples, sol.gains, sol.offsets, content, reference=ref,
+                        fit_offsets=offsets,
+                    )  # fmt: skip
+                    sol = _solve_channel(tiles, overlaps, flat, dark, c, offsets, min_ncc, ref)
+                    flat[c], ramps[str(c)] = _resolve_ramp(
+                        flat[c], ramp, content, noise.get(c, 0.0), sol, tiles
+                    )
+                    sol = _solve_channel(tiles, overlaps, flat, dark, c, offsets, min_ncc, ref)
             g[:, c] = sol.gains
             if o is not None:
                 o[:, c] = sol.offsets
@@ -535,6 +548,8 @@ def estimate_corrections(
             }
         info["reference"] = reference
         info["links"] = links
+        if ramps:
+            info["ramp"] = ramps
     boxes = np.array([np.stack(t.box) for t in tiles])
     return Corrections(
         flat,
@@ -565,6 +580,53 @@ def _solve_channel(
     shaded = [replace(t, source=CorrectedSource(t.source, dtype=np.float32)) for t in shaded]
     stats = pair_statistics(shaded, overlaps, c, offsets=offsets, min_ncc=min_ncc)
     return solve_gains(len(tiles), stats, offsets=offsets, reference=ref)
+
+
+#: the ways `estimate_corrections` can decide the flat-field's log-linear ramp
+RAMPS = ("auto", "centred", "content", "gains")
+#: ``ramp="auto"`` keeps the sample's ramp where it is this many sigma of its own noise
+RAMP_SIGMAS = 3.0
+
+
+def _resolve_ramp(
+    flat: NDArray[Any],
+    mode: str,
+    content: NDArray[Any],
+    noise: float,
+    sol: Any,
+    tiles: Sequence[Tile],
+) -> tuple[NDArray[np.float32], dict[str, Any]]:
+    """Set the log-linear ramp of an overlap-refined flat-field (see `estimate_corrections`)."""
+    from tilefuse.shading import log_ramp, set_ramp
+
+    sample = log_ramp(content)
+    report: dict[str, Any] = {
+        "mode": mode,
+        "sample_slope": sample.tolist(),
+        "sample_noise": noise,
+        "overlap_fit_slope": log_ramp(flat).tolist(),
+    }
+    if mode == "gains":
+        out = _detrend(flat, sol, tiles) if len(sol.kept) >= 3 else flat.astype(np.float32)
+    else:
+        if mode == "centred":
+            factor = 0.0
+        elif mode == "content":
+            factor = 1.0
+        else:  # auto: positive-part shrinkage towards no ramp by the sample's own noise
+            z2 = float(sample @ sample) / max(noise**2, 1e-300) if noise > 0 else np.inf
+            factor = max(0.0, 1 - RAMP_SIGMAS**2 / z2) if z2 > 0 else 0.0
+        report["factor"] = factor
+        out = set_ramp(flat, factor * sample)
+    report["slope"] = log_ramp(out).tolist()
+    logger.info(
+        "flat-field ramp (%s): %s per voxel (sample %s +- %.3g)",
+        mode,
+        np.round(report["slope"], 7),
+        np.round(sample, 7),
+        noise,
+    )
+    return out, report
 
 
 def _detrend(flat: NDArray[Any], sol: Any, tiles: Sequence[Tile]) -> NDArray[np.float32]:

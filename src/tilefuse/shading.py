@@ -19,7 +19,7 @@ additive spatial pattern; the mean dark level stays in the data).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -30,11 +30,19 @@ from tilefuse.errors import CorrectionError, IncompatibleTilesError
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from numpy.typing import NDArray
+    from numpy.typing import ArrayLike, NDArray
 
     from tilefuse.tile import Tile
 
-__all__ = ["ShadingModel", "estimate_shading", "fit_shading", "sample_planes"]
+__all__ = [
+    "ShadingModel",
+    "estimate_shading",
+    "fit_shading",
+    "log_ramp",
+    "refine_flatfield",
+    "sample_planes",
+    "set_ramp",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +64,9 @@ class ShadingModel:
     shrinkage : float
         Factor applied to the flat-field's deviation from 1 (1 = none; see
         `estimate_shading`).
+    ramp_noise : float
+        Standard error of the flat-field's log-linear ramp (`log_ramp`, per
+        voxel and axis) from split halves of the sample; 0 when not measured.
     """
 
     flatfield: NDArray[np.float32]
@@ -63,6 +74,7 @@ class ShadingModel:
     baselines: NDArray[np.float64]
     n_planes: int
     shrinkage: float = 1.0
+    ramp_noise: float = 0.0
 
 
 def sample_planes(
@@ -313,8 +325,14 @@ def estimate_shading(
     )
     shape = (tiles[0].shape[1], tiles[0].shape[2])
     model = fit_shading(planes, yc, xc, shape, darkfield=darkfield, degree=degree)
-    if shrink and len(planes) >= 8:
-        model = _shrink(model, planes, yc, xc, shape, degree, seed)
+    if len(planes) >= 8:
+        halves = _split_fits(planes, yc, xc, shape, model.darkfield is not None, degree, seed)
+        ramps = np.array([log_ramp(a) - log_ramp(b) for a, b in halves])
+        # var(full) ~ var(half) / 2 and var(a - b) = 2 var(half): var(full) ~ mean((a - b)^2) / 4
+        noise = float(np.sqrt(np.mean(ramps**2) / 4))
+        model = replace(model, ramp_noise=noise)
+        if shrink:
+            model = _shrink(model, halves)
     logger.info(
         "channel %d: flat-field from %d planes, range %.3g..%.3g",
         channel,
@@ -331,80 +349,190 @@ def refine_flatfield(
     offsets: NDArray[Any],
     prior: NDArray[Any],
     *,
-    degree: int = 6,
-    prior_weight: float = 0.05,
-    iterations: int = 3,
+    reference: int | None = None,
+    fit_offsets: bool = True,
+    degree: int = 4,
+    prior_weight: float = 1e-4,
+    rounds: int = 3,
+    iterations: int = 25,
+    max_samples: int = 200_000,
+    seed: int = 0,
 ) -> NDArray[np.float32]:
     """Refine a flat-field with overlaps: the same sample seen at two places of the field of view.
 
-    With per-tile maps ``a * x + c`` fixed, every matched overlap value gives
-    ``a_i r_i h(u) - a_j r_j h(u') = c_j - c_i`` for the inverse flat-field
-    ``h = 1 / F`` at the two field-of-view positions: linear in ``h``, free of
-    the sample's content. ``h`` is a tensor Legendre polynomial; the
-    sample-based estimate ``prior`` pins what overlaps never see (the centre)
-    with a total weight of ``prior_weight`` relative to the overlaps. Solved by
-    Tukey-reweighted least squares.
+    Every matched overlap value says ``a_i r_i / F(u) + c_i = a_j r_j / F(u') +
+    c_j`` for the flat-field ``F`` at the two field-of-view positions, free of
+    the sample's content. ``F`` (a tensor Legendre polynomial, like the sample
+    estimate) and the per-tile maps ``a * x + c`` are fitted jointly to all of
+    them by damped Gauss-Newton (Levenberg-Marquardt), with Tukey reweighting
+    between rounds; ``F`` has mean 1 and the reference tile keeps ``a = 1, c =
+    0``. Jointly, because the two are strongly coupled (a bowl in ``F`` against
+    a trend of the gains): alternating between them converges to the sample
+    estimate's bias instead. A polynomial ``F`` is determined by its values in
+    the overlap strips (a polynomial equal to its own shifted copy on an open
+    set is constant) except for one thing: its log-linear ramp, traded against
+    a trend of the gains across the mosaic (`log_ramp`, `set_ramp`); that, and
+    whatever the polynomial cannot reach, is held by ``prior`` with a total
+    weight of ``prior_weight`` relative to the overlaps.
 
     Parameters
     ----------
     samples : sequence of OverlapSample
         From `tilefuse.equalise.overlap_samples` (dark-field already subtracted).
     gains, offsets : ndarray (n_tiles,)
-        Current per-tile maps.
+        Starting per-tile maps (e.g. from `tilefuse.equalise.solve_gains`).
     prior : ndarray (y, x)
-        Current flat-field estimate (mean 1).
+        Starting flat-field estimate (mean 1), e.g. `estimate_shading`'s.
+    reference : int, optional
+        Tile kept at ``a = 1, c = 0`` (default: the tile in most samples).
+    fit_offsets : bool
+        Fit the offsets ``c`` too (otherwise they stay as given).
     degree : int
-        Legendre degree per axis of ``h``.
+        Legendre degree per axis of ``F``.
     prior_weight : float
         Weight of the prior relative to the overlaps.
-    iterations : int
-        Reweighting iterations.
+    rounds, iterations : int
+        Reweighting rounds, and damped Gauss-Newton steps per round.
+    max_samples : int
+        Matched values used at most (a random subset beyond it): the memory bound.
+    seed : int
+        Seed of that subset.
 
     Returns
     -------
     ndarray (y, x) float32
-        The refined flat-field, mean 1 (``prior`` when there are no samples).
+        The refined flat-field, mean 1 (``prior`` when there are no samples,
+        or when the fit leaves a non-positive flat-field).
     """
+    from scipy import sparse
+    from scipy.sparse.linalg import spsolve
+
     ny, nx = prior.shape
+    samples = [s for s in samples if len(s.values_i)]
     if not samples:
         return prior.astype(np.float32)
-    rows, rhs = [], []
-    for s in samples:
-        pi = _basis_points(s.yi, s.xi, ny, nx, degree)
-        pj = _basis_points(s.yj, s.xj, ny, nx, degree)
-        rows.append(gains[s.i] * s.values_i[:, None] * pi - gains[s.j] * s.values_j[:, None] * pj)
-        rhs.append(np.full(len(s.values_i), offsets[s.j] - offsets[s.i]))
-    a = np.concatenate(rows)
-    y = np.concatenate(rhs)
-    level = float(np.median(np.abs(np.concatenate([s.values_i for s in samples]))))
-    level = level * float(np.median(gains)) or 1.0
-    a, y = a / level, y / level
-    # the prior on a coarse grid of the field of view
+    n = len(gains)
+    ti = np.concatenate([np.full(len(s.values_i), s.i) for s in samples])
+    tj = np.concatenate([np.full(len(s.values_j), s.j) for s in samples])
+    pts = [np.concatenate([getattr(s, k) for s in samples]) for k in ("yi", "xi", "yj", "xj")]
+    vi = np.concatenate([s.values_i for s in samples]).astype(np.float64)
+    vj = np.concatenate([s.values_j for s in samples]).astype(np.float64)
+    if len(vi) > max_samples:
+        keep = np.sort(np.random.default_rng(seed).choice(len(vi), max_samples, replace=False))
+        ti, tj, vi, vj = ti[keep], tj[keep], vi[keep], vj[keep]
+        pts = [p[keep] for p in pts]
+    bi = _basis_points(pts[0], pts[1], ny, nx, degree)
+    bj = _basis_points(pts[2], pts[3], ny, nx, degree)
+    level = float(np.median(np.abs(vi))) * float(np.median(np.abs(gains))) or 1.0
+    vi, vj = vi / level, vj / level
+    m, npar = len(vi), bi.shape[1]
+    ref = int(reference) if reference is not None else int(np.bincount(np.r_[ti, tj]).argmax())
+    free = np.array([k for k in range(n) if k != ref], dtype=np.intp)
+    col = np.full(n, -1)
+    col[free] = np.arange(len(free))
+    nt = len(free) * (2 if fit_offsets else 1)
+    # prior (F on a coarse grid), mean of F over the voxel centres, positivity check grid
     gy = (np.arange(32) + 0.5) * ny / 32 - 0.5
     gx = (np.arange(32) + 0.5) * nx / 32 - 0.5
     yy, xx = np.meshgrid(gy, gx, indexing="ij")
     pp = _basis_points(yy.ravel(), xx.ravel(), ny, nx, degree)
     iy = np.clip(np.rint(yy.ravel()).astype(int), 0, ny - 1)
     ix = np.clip(np.rint(xx.ravel()).astype(int), 0, nx - 1)
-    ph = 1.0 / prior[iy, ix].astype(np.float64)
-    wp = np.sqrt(prior_weight * len(a) / len(pp))
-    w = np.ones(len(a))
-    for _ in range(iterations):
-        sw = np.sqrt(w)[:, None]
-        m = np.concatenate([a * sw, pp * wp])
-        v = np.concatenate([y * sw[:, 0], ph * wp])
-        gram = m.T @ m
-        coef = np.linalg.solve(gram + np.eye(len(gram)) * 1e-12 * np.trace(gram), m.T @ v)
-        r = a @ coef - y
-        scale = 1.4826 * float(np.median(np.abs(r - np.median(r))))
-        w = _tukey(r, scale)
-    ly = legendre.legvander((2 * (np.arange(ny) + 0.5) / ny) - 1, degree)
-    lx = legendre.legvander((2 * (np.arange(nx) + 0.5) / nx) - 1, degree)
-    h = ly @ coef.reshape(degree + 1, degree + 1) @ lx.T
-    if np.any(h <= 0):
-        logger.warning("overlap refinement of the flat-field failed (h <= 0); keeping the prior")
+    pf = prior[iy, ix].astype(np.float64)
+    ly = legendre.legvander(2 * (np.arange(ny) + 0.5) / ny - 1, degree)
+    lx = legendre.legvander(2 * (np.arange(nx) + 0.5) / nx - 1, degree)
+    mrow = np.outer(ly.mean(0), lx.mean(0)).ravel()
+    wp2 = prior_weight * m / len(pp)
+    wm2 = float(m)  # mean F = 1: as heavy as all the overlaps together
+    eps = 1e-6 * m / max(n, 1)  # keeps tiles without samples where they are
+    theta = np.linalg.lstsq(pp, pf, rcond=None)[0]
+    theta /= mrow @ theta
+    a = np.asarray(gains, dtype=np.float64).copy()
+    c = np.asarray(offsets, dtype=np.float64) / level
+    a0, c0 = a.copy(), c.copy()
+    rows = np.arange(m)
+    mi, mj = col[ti] >= 0, col[tj] >= 0
+
+    def residual(th: NDArray[Any], a: NDArray[Any], c: NDArray[Any]) -> Any:
+        fi, fj = bi @ th, bj @ th
+        return fi, fj, a[ti] * vi / fi + c[ti] - a[tj] * vj / fj - c[tj]
+
+    def cost(th: NDArray[Any], a: NDArray[Any], c: NDArray[Any], w: NDArray[Any]) -> float:
+        fi, fj, r = residual(th, a, c)
+        if min(fi.min(), fj.min(), (pp @ th).min()) <= 0.05:
+            return np.inf
+        extra = wp2 * np.sum((pp @ th - pf) ** 2) + wm2 * (mrow @ th - 1) ** 2
+        return float(
+            np.sum(w * r * r) + extra + eps * (np.sum((a - a0) ** 2) + np.sum((c - c0) ** 2))
+        )
+
+    w = np.ones(m)
+    for rnd in range(rounds):
+        if rnd:
+            r = residual(theta, a, c)[2]
+            scale = 1.4826 * float(np.median(np.abs(r - np.median(r))))
+            w = _tukey(r, scale)
+        lam, current = 1e-3, cost(theta, a, c, w)
+        if not np.isfinite(current):
+            break
+        for _ in range(iterations):
+            fi, fj, r = residual(theta, a, c)
+            jt = -(a[ti] * vi / fi**2)[:, None] * bi + (a[tj] * vj / fj**2)[:, None] * bj
+            parts = [
+                (rows[mi], col[ti[mi]], (vi / fi)[mi]),
+                (rows[mj], col[tj[mj]], -(vj / fj)[mj]),
+            ]
+            if fit_offsets:
+                parts += [
+                    (rows[mi], len(free) + col[ti[mi]], np.ones(mi.sum())),
+                    (rows[mj], len(free) + col[tj[mj]], -np.ones(mj.sum())),
+                ]
+            rr, cc, dd = (np.concatenate(v) for v in zip(*parts, strict=True))
+            jtiles = sparse.csr_matrix((dd, (rr, cc)), shape=(m, nt))
+            jac = sparse.hstack([sparse.csr_matrix(jt), jtiles]).tocsr()
+            wj = sparse.diags(w) @ jac
+            normal = (jac.T @ wj).toarray() if nt < 2000 else (jac.T @ wj).tocsc()
+            grad = np.asarray(wj.T @ r).ravel()
+            prior_n = wp2 * pp.T @ pp + wm2 * np.outer(mrow, mrow)
+            grad[:npar] += wp2 * pp.T @ (pp @ theta - pf) + wm2 * mrow * (mrow @ theta - 1)
+            grad[npar:] += (
+                eps * np.r_[a[free] - a0[free], (c[free] - c0[free]) if fit_offsets else []]
+            )
+            add = np.zeros(npar + nt)
+            add[npar:] = eps
+            improved = False
+            for _ in range(8):
+                if sparse.issparse(normal):
+                    mat = normal.tolil()
+                    mat[:npar, :npar] += prior_n
+                    diag = mat.diagonal() + add
+                    mat.setdiag(diag * (1 + lam))
+                    step = spsolve(mat.tocsc(), -grad)
+                else:
+                    mat = normal.copy()
+                    mat[:npar, :npar] += prior_n
+                    diag = np.diagonal(mat) + add
+                    mat[np.diag_indices_from(mat)] = diag * (1 + lam) + 1e-15
+                    step = np.linalg.solve(mat, -grad)
+                th2 = theta + step[:npar]
+                a2, c2 = a.copy(), c.copy()
+                a2[free] += step[npar : npar + len(free)]
+                if fit_offsets:
+                    c2[free] += step[npar + len(free) :]
+                new = cost(th2, a2, c2, w)
+                if new < current:
+                    theta, a, c = th2, a2, c2
+                    lam = max(lam / 3, 1e-9)
+                    improved = current - new > 1e-12 * current
+                    current = new
+                    break
+                lam *= 10
+            if not improved:
+                break
+    flat = ly @ theta.reshape(degree + 1, degree + 1) @ lx.T
+    if not np.isfinite(flat).all() or flat.min() <= 0.05 * flat.mean():
+        logger.warning("overlap refinement of the flat-field failed (F <= 0); keeping the prior")
         return prior.astype(np.float32)
-    flat = 1.0 / h
     return (flat / flat.mean()).astype(np.float32)
 
 
@@ -415,28 +543,41 @@ def _basis_points(y: NDArray[Any], x: NDArray[Any], ny: int, nx: int, degree: in
     return np.einsum("ka,kb->kab", ly, lx).reshape(len(ly), -1)
 
 
-def _shrink(
-    model: ShadingModel,
+def _split_fits(
     planes: NDArray[Any],
     yc: NDArray[Any],
     xc: NDArray[Any],
     shape: tuple[int, int],
+    dark: bool,
     degree: int,
     seed: int,
+    splits: int = 3,
+) -> list[tuple[NDArray[np.float32], NDArray[np.float32]]]:
+    """Flat-fields fitted to the two halves of ``splits`` random splits of the sample."""
+    rng = np.random.default_rng(seed + 1)
+    out = []
+    for _ in range(splits):
+        order = rng.permutation(len(planes))
+        half = len(planes) // 2
+        fa, fb = (
+            fit_shading(planes[idx], yc, xc, shape, darkfield=dark, degree=degree).flatfield
+            for idx in (order[:half], order[half:])
+        )
+        out.append((fa, fb))
+    return out
+
+
+def _shrink(
+    model: ShadingModel, halves: Sequence[tuple[NDArray[Any], NDArray[Any]]]
 ) -> ShadingModel:
     """James-Stein shrinkage of ``F - 1`` by the estimate's own noise.
 
-    Fits the two random halves of the sample separately: the variance of the
-    full estimate is about ``mean((F_a - F_b)^2) / 4``; the deviation from a
-    flat field is scaled by ``max(0, 1 - noise / mean((F - 1)^2))``.
+    The variance of the full estimate is about ``mean((F_a - F_b)^2) / 4`` for
+    the flat-fields ``F_a``, ``F_b`` of two random halves of the sample
+    (averaged over the splits); the deviation from a flat field is scaled by
+    ``max(0, 1 - noise / mean((F - 1)^2))``.
     """
-    rng = np.random.default_rng(seed + 1)
-    order = rng.permutation(len(planes))
-    half = len(planes) // 2
-    dark = model.darkfield is not None
-    fa = fit_shading(planes[order[:half]], yc, xc, shape, darkfield=dark, degree=degree).flatfield
-    fb = fit_shading(planes[order[half:]], yc, xc, shape, darkfield=dark, degree=degree).flatfield
-    noise = float(np.mean((fa.astype(float) - fb) ** 2)) / 4
+    noise = float(np.mean([np.mean((a.astype(float) - b) ** 2) for a, b in halves])) / 4
     dev = model.flatfield.astype(float) - 1
     signal = float(np.mean(dev**2))
     factor = max(0.0, 1 - noise / signal) if signal > 0 else 0.0
@@ -447,4 +588,33 @@ def _shrink(
             noise / max(signal, 1e-300),
         )
     flat = (1 + factor * dev).astype(np.float32)
-    return ShadingModel(flat, model.darkfield, model.baselines, model.n_planes, factor)
+    return replace(model, flatfield=flat, shrinkage=factor)
+
+
+def _centred_grid(ny: int, nx: int) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    y = np.arange(ny, dtype=np.float64) - (ny - 1) / 2
+    x = np.arange(nx, dtype=np.float64) - (nx - 1) / 2
+    return y, x
+
+
+def log_ramp(flat: NDArray[Any]) -> NDArray[np.float64]:
+    """The log-linear ramp of a flat-field: slopes ``(by, bx)`` of ``log F`` per voxel.
+
+    The least-squares plane through ``log F`` over the field of view (its
+    constant and linear Legendre part). This is the one component of a
+    flat-field that tile overlaps cannot tell from a trend of the tile gains
+    across the mosaic (see `set_ramp`).
+    """
+    f = np.log(np.maximum(np.asarray(flat, dtype=np.float64), 1e-12))
+    y, x = _centred_grid(*f.shape)
+    by = float((f.mean(axis=1) * y).sum() / max(float((y * y).sum()), 1e-300))
+    bx = float((f.mean(axis=0) * x).sum() / max(float((x * x).sum()), 1e-300))
+    return np.array([by, bx])
+
+
+def set_ramp(flat: NDArray[Any], slope: ArrayLike) -> NDArray[np.float32]:
+    """``flat`` with its log-linear ramp (`log_ramp`) replaced by ``slope``; mean 1."""
+    d = np.asarray(slope, dtype=np.float64) - log_ramp(flat)
+    y, x = _centred_grid(*flat.shape)
+    out = flat * np.exp(d[0] * y)[:, None] * np.exp(d[1] * x)[None, :]
+    return (out / out.mean()).astype(np.float32)

@@ -696,8 +696,8 @@ class Tileset(Sequence[Tile]):
         reference: int | None = None,
         max_planes: int = 200,
         min_ncc: float = 0.3,
-        refine: int = 3,
-        detrend: bool = False,
+        refine: bool = True,
+        ramp: str = "auto",
         seed: int = 0,
     ) -> Corrections:
         """Estimate flat-/dark-field profiles and per-tile gains from the tiles themselves.
@@ -719,7 +719,7 @@ class Tileset(Sequence[Tile]):
             max_planes=max_planes,
             min_ncc=min_ncc,
             refine=refine,
-            detrend=detrend,
+            ramp=ramp,
             seed=seed,
         )
 
