@@ -166,6 +166,12 @@ def test_blank_tiles_do_not_break_the_solve():
     # gain-only model of data with small offsets: within a few percent
     np.testing.assert_allclose(corr.gains[others, 0] * sm.gains[others], 1.0, atol=0.05)
     assert np.all(np.isfinite(ts.correct(corr).fuse(blend="linear")))
+    # blind (flat-field estimated and refined with the overlaps): the blank tiles have no
+    # overlap samples and change nothing
+    blind = ts.estimate_corrections(offsets=True, reference=5)
+    assert _rms(blind.flatfield[0] / sm.flatfield, 1.0) < 0.02
+    np.testing.assert_allclose(blind.gains[others, 0] * sm.gains[others], 1.0, atol=0.02)
+    np.testing.assert_allclose(blind.gains[blank, 0], 1.0, atol=1e-3)
 
 
 def test_disagreeing_link_is_dropped():
@@ -280,6 +286,37 @@ def test_bad_flatfields_are_refused(tmp_path, mosaic2d):
         ts.correct(other)
 
 
+def test_seam_metric_of_fused_images(mosaic3d, tmp_path):
+    """On a fused image, at the tile edges: steps where tiles with other gains meet (overwrite),
+    none in the truth or after correction; the same from an OME-Zarr store."""
+    from tilefuse.equalise import fused_seam_metric
+
+    sm, ts = mosaic3d
+    raw = ts.fuse(blend="overwrite")
+    rep = ts.fused_seam_metric(raw)
+    truth = ts.fused_seam_metric(sm.volume).score
+    assert rep.score > 1.3 > truth and abs(truth - 1) < 0.1
+    assert len(rep.edges) == 48  # 24 neighbour pairs, the edge of each tile facing the other
+    assert all(k[1] in ("y-", "y+", "x-", "x+") for k in rep.edges)  # one z layer: no z seams
+    corrected = ts.correct(ts.estimate_corrections(offsets=True, reference=5))
+    assert abs(corrected.fused_seam_metric(corrected.fuse(blend="overwrite")).score - truth) < 0.05
+    # a linear blend spreads the step over its ramp: little is left at d = 1
+    assert ts.fused_seam_metric(ts.fuse(blend="linear")).score < rep.score
+    path = tmp_path / "raw.ome.zarr"
+    ts.fuse(path, blend="overwrite", levels=1)
+    assert ts.fused_seam_metric(path).score == pytest.approx(rep.score, rel=1e-6)
+    # boxes in voxel boundaries; a z seam between two stacked tiles is measured too
+    vol = _volume((40, 30, 30))
+    top, bottom = vol[:22], vol[18:] * 1.5
+    fused = np.concatenate([top[:18], bottom])  # overwrite: the second tile wins the overlap
+    boxes = [[(0, 0, 0), (22, 30, 30)], [(18, 0, 0), (40, 30, 30)]]
+    zrep = fused_seam_metric(fused, boxes)
+    assert set(zrep.edges) == {(0, "z+"), (1, "z-")}
+    assert zrep.edges[(1, "z-")] > 2 > 1.2 > zrep.edges[(0, "z+")]  # the switch is at z = 18
+    with pytest.raises(CorrectionError, match="no tile edge"):
+        fused_seam_metric(vol, [[(0, 0, 0), (40, 30, 30)]])
+
+
 def test_shading_needs_one_field_of_view():
     ts = Tileset.from_arrays([np.ones((1, 20, 20)), np.ones((1, 20, 24))], [(0, 0, 0), (0, 0, 18)])
     with pytest.raises(IncompatibleTilesError, match="one \\(y, x\\) field of view"):
@@ -382,6 +419,15 @@ def test_cli_correct_stitch_and_info(tmp_path, capsys):
         == 0
     )
     assert _rel(MultiScaleGroup.open(auto).read(), sm.volume[0]) < _rel(raw, sm.volume[0]) / 2
+    # the seam metric of a fused output, measured at the tile edges in the store
+    raw_zarr = tmp_path / "raw.ome.zarr"
+    stitch = ["stitch", str(tmp_path), "--no-progress", "--levels", "1", "--blend", "overwrite"]
+    assert main([*stitch, "-o", str(raw_zarr)]) == 0
+    capsys.readouterr()
+    for fused, worse in ((raw_zarr, True), (auto, False)):
+        assert main(["info", str(tmp_path), "--seams", "--fused", str(fused), "--json"]) == 0
+        seams = json.loads(capsys.readouterr().out)["seam_metric"]
+        assert (seams[f"channel 0 in {fused}"] > 1.3) is worse, seams
     # export sees corrected pixels too
     h5 = tmp_path / "tiles.h5"
     assert (

@@ -137,6 +137,9 @@ def _seams(ts: Tileset, args: argparse.Namespace) -> dict[str, float]:
         cts = _corrected(ts, args.correct)
         for c in range(ts.n_channels):
             out[f"channel {c} corrected"] = float(cts.seam_metric(c).score)
+    if getattr(args, "fused", None):
+        for c in range(ts.n_channels):
+            out[f"channel {c} in {args.fused}"] = float(ts.fused_seam_metric(args.fused, c).score)
     return out
 
 
@@ -577,6 +580,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seams", action="store_true", help="measure the seam metric (1 = seamless)")
     sp.add_argument(
         "--correct", metavar="NPZ|auto", help="with --seams: also measure after these corrections"
+    )
+    sp.add_argument(
+        "--fused",
+        metavar="OME_ZARR",
+        help="with --seams: also measure this fusion of the tiles, at the tile edges",
     )
     sp.set_defaults(func=cmd_info)
 

@@ -28,14 +28,16 @@ from tilefuse.errors import CorrectionError
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from numpy.typing import NDArray
+    from numpy.typing import ArrayLike, NDArray
 
     from tilefuse.tile import Tile
 
 __all__ = [
+    "EdgeSeamReport",
     "GainSolution",
     "PairStat",
     "SeamReport",
+    "fused_seam_metric",
     "pair_statistics",
     "seam_metric",
     "solve_gains",
@@ -433,6 +435,155 @@ def seam_metric(
         msg = "no overlap is wide enough to measure seams (need axis-aligned tiles)"
         raise CorrectionError(msg)
     return SeamReport(across_all / within_all, pairs)
+
+
+@dataclass(frozen=True)
+class EdgeSeamReport:
+    """The seam metric of a fused image, measured at the tile edges.
+
+    Attributes
+    ----------
+    score : float
+        Mean absolute step across the tile edges divided by the mean absolute
+        step at the same distance a few voxels either side: 1 is seamless.
+    edges : dict
+        ``{(tile, edge): score}`` with ``edge`` one of ``"z-", "z+", "y-",
+        "y+", "x-", "x+"`` (the tile's low or high face along that axis), for
+        every edge with other tiles' data beyond it.
+    """
+
+    score: float
+    edges: dict[tuple[int, str], float]
+
+
+def fused_seam_metric(
+    image: Any,
+    boxes: ArrayLike,
+    channel: int = 0,
+    *,
+    distance: int = 1,
+    control: int = 3,
+    max_planes: int = 8,
+) -> EdgeSeamReport:
+    """How visible tile boundaries are in an already fused image (1 = seamless).
+
+    At every face of every tile box that has another tile's data beyond it,
+    the "across" step is ``|f(e - 1) - f(e - 1 + d)|`` (the voxels either side
+    of the edge at distance ``d``) and the "within" step the same difference
+    ``control`` voxels before and after the edge. The score is the sum of
+    across steps over the sum of within steps. A blend that ramps between
+    tiles spreads a step over its ramp: at ``d = 1`` a linearly blended
+    output then shows only what is left of the step (pass ``distance`` near
+    the blend width to see the ramp, or measure an ``overwrite`` fusion).
+
+    Parameters
+    ----------
+    image : array_like
+        The fused volume, ``(c, z, y, x)`` or ``(z, y, x)`` (a zarr array is
+        read plane by plane).
+    boxes : array_like, shape (n, 2, 3)
+        Every tile's box ``(lo, hi)`` in output voxel boundaries: voxel ``j``
+        spans ``[j, j + 1)``.
+    channel : int
+        Channel index (for 4D images).
+    distance : int
+        ``d`` in voxels.
+    control : int
+        Distance of the reference steps from the edge (at least ``d``).
+    max_planes : int
+        z planes read per edge (faces along z use every plane they need).
+
+    Returns
+    -------
+    EdgeSeamReport
+
+    Raises
+    ------
+    CorrectionError
+        If no tile edge has data on both sides.
+    """
+    b = np.rint(np.asarray(boxes, dtype=np.float64)).astype(np.int64)
+    shape = tuple(int(v) for v in image.shape[-3:])
+    nd4 = len(image.shape) == 4
+    d, m = int(distance), max(int(control), int(distance))
+    lo_c = np.clip(b[:, 0], 0, shape)
+    hi_c = np.clip(b[:, 1], 0, shape)
+    across_all, within_all = 0.0, 0.0
+    edges: dict[tuple[int, str], float] = {}
+    for k in range(len(b)):
+        for ax in range(3):
+            others = [a for a in range(3) if a != ax]
+            for side, e in (("-", b[k, 0, ax]), ("+", b[k, 1, ax])):
+                if e - 1 - m < 0 or e - 1 + m + d >= shape[ax]:
+                    continue
+                far = e - 1 + m + d if side == "+" else e - 1 - m  # outside tile k
+                span = [(int(lo_c[k, a]), int(hi_c[k, a])) for a in others]
+                if any(h <= lo for lo, h in span):
+                    continue
+                cover = np.zeros([h - lo for lo, h in span], dtype=bool)
+                for j in range(len(b)):
+                    if j == k or not b[j, 0, ax] <= far < b[j, 1, ax]:
+                        continue
+                    sl = tuple(
+                        slice(max(int(b[j, 0, a]) - lo, 0), max(int(b[j, 1, a]) - lo, 0))
+                        for a, (lo, _) in zip(others, span, strict=True)
+                    )
+                    cover[sl] = True
+                if not cover.any():
+                    continue
+                positions = [e - 1 - m, e - 1, e - 1 + m]
+                lines = _edge_lines(image, nd4, channel, ax, positions, d, span, max_planes)
+                sel = cover if ax == 0 else cover[_plane_pick(span[0], max_planes)]
+                (p0, p1), (q0, q1), (r0, r1) = ((a[sel], bb[sel]) for a, bb in lines)
+                across = float(np.abs(q0 - q1).sum())
+                within = float(0.5 * (np.abs(p0 - p1).sum() + np.abs(r0 - r1).sum()))
+                if within > 0:
+                    edges[(k, "zyx"[ax] + side)] = across / within
+                    across_all += across
+                    within_all += within
+    if not edges:
+        msg = "no tile edge has fused data on both sides to measure seams"
+        raise CorrectionError(msg)
+    return EdgeSeamReport(across_all / within_all, edges)
+
+
+def _plane_pick(span: tuple[int, int], max_planes: int) -> NDArray[np.intp]:
+    """Indices (relative to ``span``) of at most ``max_planes`` evenly spread z planes."""
+    n = span[1] - span[0]
+    return np.unique(np.linspace(0, n - 1, min(n, max_planes)).round().astype(np.intp))
+
+
+def _edge_lines(
+    image: Any,
+    nd4: bool,
+    channel: int,
+    ax: int,
+    positions: Sequence[int],
+    d: int,
+    span: Sequence[tuple[int, int]],
+    max_planes: int,
+) -> list[tuple[NDArray[np.float64], NDArray[np.float64]]]:
+    """For each position ``p`` along ``ax``: the image at ``p`` and at ``p + d`` over the span."""
+    out = []
+    for p in positions:
+        pair = []
+        for q in (p, p + d):
+            idx: list[Any] = [None, None, None]
+            idx[ax] = q
+            others = [a for a in range(3) if a != ax]
+            for a, (lo, hi) in zip(others, span, strict=True):
+                idx[a] = slice(lo, hi)
+            if ax != 0:  # sample z planes (the first of the other axes is z)
+                zs = _plane_pick(span[0], max_planes) + span[0][0]
+                planes = [
+                    np.asarray(image[(channel, z, *idx[1:]) if nd4 else (z, *idx[1:])]) for z in zs
+                ]
+                pair.append(np.stack(planes).astype(np.float64))
+            else:
+                key = (channel, *idx) if nd4 else tuple(idx)
+                pair.append(np.asarray(image[key], dtype=np.float64))
+        out.append((pair[0], pair[1]))
+    return out
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
     from tilefuse.blend import Blend
     from tilefuse.correction import Corrections
-    from tilefuse.equalise import SeamReport
+    from tilefuse.equalise import EdgeSeamReport, SeamReport
     from tilefuse.io.ome_zarr import MultiScaleGroup
     from tilefuse.labels import LabelMapping
     from tilefuse.objects import ObjectTable
@@ -789,6 +789,50 @@ class Tileset(Sequence[Tile]):
 
         return seam_metric(
             self._tiles, self.overlaps(), channel, distance=distance, max_planes=max_planes
+        )
+
+    def fused_seam_metric(
+        self,
+        fused: Any,
+        channel: int = 0,
+        *,
+        distance: int = 1,
+        control: int = 3,
+        max_planes: int = 8,
+    ) -> EdgeSeamReport:
+        """The seam metric of an already fused image of this tileset, at the tile edges.
+
+        Parameters
+        ----------
+        fused : array_like, MultiScaleGroup or path
+            An OME-Zarr store (path or `MultiScaleGroup`; its level 0 with its
+            own origin and voxel size) or an array ``(c, z, y, x)`` /
+            ``(z, y, x)`` on this tileset's covering grid (what `fuse`
+            returns in memory).
+        channel, distance, control, max_planes
+            See `tilefuse.equalise.fused_seam_metric`.
+
+        Returns
+        -------
+        EdgeSeamReport
+        """
+        from tilefuse.equalise import fused_seam_metric
+        from tilefuse.fuse import OutputGrid
+
+        if isinstance(fused, (str, os.PathLike)):
+            from tilefuse.io.ome_zarr import MultiScaleGroup
+
+            fused = MultiScaleGroup.open(fused)
+        if hasattr(fused, "level_origin"):
+            image, origin = fused[0], np.asarray(fused.level_origin(0), dtype=float)
+            vs = np.asarray(fused.level_voxel_size(0), dtype=float)
+        else:
+            grid = OutputGrid.covering(self._tiles, self.voxel_size)
+            image, origin, vs = fused, np.asarray(grid.origin), np.asarray(grid.voxel_size)
+        start = origin - vs / 2  # the lower boundary of output voxel 0
+        boxes = np.array([[(t.box[0] - start) / vs, (t.box[1] - start) / vs] for t in self._tiles])
+        return fused_seam_metric(
+            image, boxes, channel, distance=distance, control=control, max_planes=max_planes
         )
 
     def preview(
