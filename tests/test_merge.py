@@ -105,3 +105,25 @@ def test_sparse_budget_exceeded_rereads(monkeypatch):
     local = per_chunk_labels(binary, (8, 16, 16))
     truth, _ = ndimage.label(binary)
     assert same_partition(merge_tile_labels(local_as_zarr(local, (8, 16, 16))), truth)
+
+
+def test_huge_local_ids_cost_what_is_present():
+    """Chunk-local IDs near 3e9 (uint64): the same partition, and tables sized by the labels
+    present (a dense table up to 3e9 would need 24 GB per chunk)."""
+    import tracemalloc
+
+    binary = binary_volume((16, 64, 64), seed=3)
+    chunks = (8, 32, 32)
+    local = per_chunk_labels(binary, chunks).astype(np.uint64)
+    local[local > 0] += np.uint64(3_000_000_000)
+    truth, n = ndimage.label(binary)
+    tracemalloc.start()
+    try:
+        merged = merge_tile_labels(zarr.array(local, chunks=chunks), sequential_labels=True)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert same_partition(merged, truth) and merged.max() == n
+    assert peak < 64 * 2**20, peak / 2**20
+    gappy = merge_tile_labels(zarr.array(local, chunks=chunks), n_workers=1)
+    assert same_partition(gappy, truth) and gappy.min() == 0

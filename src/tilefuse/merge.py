@@ -118,9 +118,8 @@ class _Scan:
         if vals.size and vals.min() < 0:
             msg = f"chunk {chunk} holds negative label {int(vals.min())}; labels must be >= 0"
             raise LabelError(msg)
-        counts = np.bincount(vals, minlength=1)
-        top = len(counts) - 1
-        present = np.flatnonzero(counts[1:]) + 1
+        present = np.unique(vals)  # sorted: sized by the labels present, not the largest one
+        top = int(present[-1]) if present.size else 0
         # sparse chunks (few labelled voxels) are kept as (index, value) pairs so the
         # relabel pass need not read them again
         sparse_chunk = None
@@ -182,23 +181,46 @@ class _Relabel:
     def __call__(self, chunk: Chunk) -> None:
         k = self.grid.index[chunk]
         region = self.grid.region(chunk)
+        kept = self.sparse.pop(chunk, None)
+        values = np.asarray(self.source[region]) if kept is None else kept[1]
+        top = int(self.maxima[k])
+        if top <= max(values.size, 1 << 16):
+            # IDs no larger than the chunk: a direct table (bounded by the chunk's size)
+            mapped = self._map(k, np.arange(top + 1, dtype=np.int64))[values]
+        else:
+            # a table over the labels present only (never sized by the largest label)
+            local, inverse = np.unique(values, return_inverse=True)
+            mapped = self._map(k, local)[inverse]
+        self.out[region] = self._place(mapped, region, kept)
+
+    def _map(self, k: int, local: NDArray[Any]) -> NDArray[Any]:
+        """Output ID of each of chunk ``k``'s (sorted, distinct) local labels."""
         off = int(self.offsets[k])
-        ids = np.arange(self.maxima[k] + 1, dtype=np.int64) + off  # global id of each local id
+        ids = local.astype(np.int64) + off  # global id of each local id
         # linked ids take their component's smallest id
         lo, hi = np.searchsorted(self.nodes, [off + 1, off + self.maxima[k] + 1])
         if hi > lo:
-            ids[self.nodes[lo:hi] - off] = self.roots[lo:hi]
+            nodes, roots = self.nodes[lo:hi], self.roots[lo:hi]
+            pos = np.minimum(np.searchsorted(nodes, ids), len(nodes) - 1)
+            hit = nodes[pos] == ids
+            ids[hit] = roots[pos[hit]]
         if self.final is not None:
             ids = np.searchsorted(self.final, ids) + 1
-        ids[0] = 0
-        lut = ids.astype(self.out.dtype)
-        kept = self.sparse.pop(chunk, None)
+        ids[local == 0] = 0
+        return ids.astype(self.out.dtype)
+
+    def _place(
+        self,
+        mapped: NDArray[Any],
+        region: tuple[slice, ...],
+        kept: tuple[NDArray[Any], NDArray[Any]] | None,
+    ) -> NDArray[Any]:
+        shape = tuple(r.stop - r.start for r in region)
         if kept is None:
-            self.out[region] = lut[np.asarray(self.source[region])]
-            return
-        block = np.zeros(tuple(r.stop - r.start for r in region), dtype=self.out.dtype)
-        block.ravel()[kept[0]] = lut[kept[1]]
-        self.out[region] = block
+            return mapped.reshape(shape)
+        block = np.zeros(shape, dtype=self.out.dtype)
+        block.ravel()[kept[0]] = mapped
+        return block
 
 
 def merge_tile_labels(
