@@ -349,7 +349,12 @@ def cmd_export_bdv(args: argparse.Namespace) -> int:
         "n5" if out.suffix.lower() == ".n5" else "hdf5"
     )
     if not args.fused:
-        h5, xml = ts.to_bdv(out, output_options=_output_options(args), format=fmt)
+        h5, xml = ts.to_bdv(
+            out,
+            output_options=_output_options(args),
+            exec_options=_exec_options(args),
+            format=fmt,
+        )
         _out(f"{len(ts)} tiles -> {h5} + {xml} (open the XML in BigStitcher)")
         return 0
     h5, xml = ts.to_bdv(

@@ -373,7 +373,8 @@ class Tileset(Sequence[Tile]):
         levels, chunks, compression, name, overwrite
             `OutputOptions` fields.
         workers, client, progress
-            `ExecOptions` fields (with ``fused``).
+            `ExecOptions` fields: who fuses (with ``fused``) or reads the
+            tiles' blocks (without; the file is written by this process).
         format : {"hdf5", "n5"}
             ``"n5"``: BigDataViewer's N5 layout (``bdv.n5`` loader) written with
             TensorStore (``pip install 'tilefuse[n5]'``): one file per chunk,
@@ -398,20 +399,20 @@ class Tileset(Sequence[Tile]):
             name=name,
             overwrite=overwrite,
         )
+        ex = with_overrides(
+            exec_options, ExecOptions, workers=workers, client=client, progress=progress
+        )
         if not fused:
             if options is not None or blend is not None:
                 msg = "fusion settings (options=, blend=) apply only with fused=True"
                 raise ParameterError(msg)
             from tilefuse.io.project import tileset_to_bdv
 
-            return tileset_to_bdv(self, path, out, format=format)
+            return tileset_to_bdv(self, path, out, format=format, execution=ex)
         from tilefuse.fuse import FusionPlan, fuse_tiles
         from tilefuse.writers import BdvWriter
 
         fusion = with_overrides(options, FusionOptions, blend=blend)
-        ex = with_overrides(
-            exec_options, ExecOptions, workers=workers, client=client, progress=progress
-        )
         plan = FusionPlan.from_options(self._tiles, fusion, voxel_size=self.voxel_size)
         writer = BdvWriter(path, out, format=format)
         return fuse_tiles(plan, writer, ex)  # type: ignore[no-any-return]

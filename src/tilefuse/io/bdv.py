@@ -40,6 +40,7 @@ import numpy as np
 
 from tilefuse.errors import IncompleteStoreError, OutputExistsError, ParameterError, WriteError
 from tilefuse.io.outputs import StoreLock
+from tilefuse.parallel import imap_unordered
 from tilefuse.pyramid import downsample
 
 if TYPE_CHECKING:
@@ -232,6 +233,9 @@ def write_bdv(
     compression: Literal["default", "fast", "archive", "gzip", "none"] = "default",
     overwrite: bool = False,
     format: Literal["hdf5", "n5"] = "hdf5",
+    workers: int | None = None,
+    client: Any = None,
+    progress: bool = False,
 ) -> tuple[Path, Path]:
     """Write views as a BigDataViewer HDF5 file (or N5 container) plus its SpimData XML.
 
@@ -261,6 +265,14 @@ def write_bdv(
         ``"n5"`` writes BigDataViewer's N5 layout (``bdv.n5`` loader, formats
         doc section 2.10) with TensorStore (``pip install 'tilefuse[n5]'``):
         one file per chunk, every dtype stored natively (see `BdvN5Writer`).
+    workers : int, optional
+        Threads reading the views' blocks (default: the CPUs available);
+        the blocks are written by this process as they arrive.
+    client : distributed.Client, optional
+        Read the blocks on this dask cluster instead (the views' data must be
+        picklable; at most two blocks per worker thread are in flight).
+    progress : bool
+        Show a progress bar over the blocks.
 
     Returns
     -------
@@ -285,6 +297,7 @@ def write_bdv(
     )
     block = writer.aligned(block)
     try:
+        items = []
         for setup, view in enumerate(views):
             shape = tuple(int(n) for n in view.data.shape[-3:])
             for start in itertools.product(
@@ -293,12 +306,28 @@ def write_bdv(
                 region = tuple(
                     slice(a, min(a + b, n)) for a, b, n in zip(start, block, shape, strict=True)
                 )
-                data = np.asarray(view.data[(..., *region)])
-                writer.write(setup, region, data.reshape([r.stop - r.start for r in region]))
+                items.append((setup, region))
+        task = _ReadBlock([v.data for v in views])
+        for (setup, region), data in imap_unordered(
+            task, items, workers=workers, client=client, progress=progress, desc="export"
+        ):
+            writer.write(setup, region, data)
         return writer.close(block=block)
     except BaseException:
         writer.abort()
         raise
+
+
+class _ReadBlock:
+    """Picklable task: one block of one view, as a (z, y, x) array."""
+
+    def __init__(self, data: Sequence[Any]) -> None:
+        self.data = list(data)
+
+    def __call__(self, item: tuple[int, tuple[slice, ...]]) -> NDArray[Any]:
+        setup, region = item
+        out = np.asarray(self.data[setup][(..., *region)])
+        return out.reshape([r.stop - r.start for r in region])
 
 
 class _Shape:

@@ -30,7 +30,7 @@ from tilefuse.errors import (
     SelectionError,
     UnsupportedFormatError,
 )
-from tilefuse.options import OutputOptions
+from tilefuse.options import ExecOptions, OutputOptions
 from tilefuse.source import Source
 
 if TYPE_CHECKING:
@@ -256,12 +256,14 @@ def tileset_to_bdv(
     options: OutputOptions | None = None,
     *,
     format: Literal["hdf5", "n5"] = "hdf5",
+    execution: ExecOptions | None = None,
 ) -> tuple[Path, Path]:
     """Export every tile as its own BDV setup (tile attribute, position as registration).
 
     Channels of a tile become setups with a channel attribute. Tiles must be
     axis-aligned. Of ``options``, ``levels`` (a cap), ``chunks``,
-    ``compression`` and ``overwrite`` apply (see `tilefuse.io.bdv.write_bdv`).
+    ``compression`` and ``overwrite`` apply (see `tilefuse.io.bdv.write_bdv`);
+    ``execution`` says who reads the tiles' blocks (threads or a dask client).
     """
     from tilefuse.io.bdv import write_bdv
     from tilefuse.io.outputs import check_output_paths, input_paths
@@ -271,6 +273,7 @@ def tileset_to_bdv(
     check_output_paths(h5, inputs)
     check_output_paths(h5.with_suffix(".xml"), inputs)
     o = options or OutputOptions()
+    ex = execution or ExecOptions()
     return write_bdv(
         path,
         _tile_views(tileset),
@@ -279,6 +282,9 @@ def tileset_to_bdv(
         compression=o.compression,
         overwrite=o.overwrite,
         format=format,
+        workers=ex.workers,
+        client=ex.client,
+        progress=ex.progress,
     )
 
 
