@@ -263,7 +263,9 @@ def tileset_to_bdv(
     Channels of a tile become setups with a channel attribute. Tiles must be
     axis-aligned. Of ``options``, ``levels`` (a cap), ``chunks``,
     ``compression`` and ``overwrite`` apply (see `tilefuse.io.bdv.write_bdv`);
-    ``execution`` says who reads the tiles' blocks (threads or a dask client).
+    ``execution`` says who reads the tiles' blocks: one at a time by default,
+    ``workers`` threads or a dask client when given (worth it where decoding is
+    costly: JPEG 2000, ND2; the file is always written by this process).
     """
     from tilefuse.io.bdv import write_bdv
     from tilefuse.io.outputs import check_output_paths, input_paths
@@ -274,6 +276,9 @@ def tileset_to_bdv(
     check_output_paths(h5.with_suffix(".xml"), inputs)
     o = options or OutputOptions()
     ex = execution or ExecOptions()
+    # by default one block at a time: the writer's compression is the bottleneck, and reading
+    # ahead costs two blocks of memory per thread; workers= or a client read in parallel
+    workers = 1 if ex.workers is None and ex.client is None else ex.workers
     return write_bdv(
         path,
         _tile_views(tileset),
@@ -282,7 +287,7 @@ def tileset_to_bdv(
         compression=o.compression,
         overwrite=o.overwrite,
         format=format,
-        workers=ex.workers,
+        workers=workers,
         client=ex.client,
         progress=ex.progress,
     )
