@@ -395,8 +395,7 @@ def seam_metric(
     CorrectionError
         If no pair of tiles has an overlap wide enough to measure.
     """
-    across_all, within_all = 0.0, 0.0
-    pairs: dict[tuple[int, int], float] = {}
+    steps = _Steps()
     for o in overlaps:
         ti, tj = tiles[o.i], tiles[o.j]
         if not (ti.is_translation and tj.is_translation):
@@ -425,16 +424,39 @@ def seam_metric(
             continue
         p = slice(lo, hi)
         q = slice(lo + distance, hi + distance)
-        across = float(np.abs(a[p] - b[q]).sum())
-        within = float(0.5 * (np.abs(a[p] - a[q]).sum() + np.abs(b[p] - b[q]).sum()))
-        if within > 0:
-            pairs[(o.i, o.j)] = across / within
-            across_all += across
-            within_all += within
-    if not pairs:
-        msg = "no overlap is wide enough to measure seams (need axis-aligned tiles)"
-        raise CorrectionError(msg)
-    return SeamReport(across_all / within_all, pairs)
+        steps.add((o.i, o.j), (a[p], b[q]), [(a[p], a[q]), (b[p], b[q])])
+    score, pairs = steps.result(
+        "no overlap is wide enough to measure seams (need axis-aligned tiles)"
+    )
+    return SeamReport(score, pairs)
+
+
+class _Steps:
+    """Sums of "across" and "within" steps, and the ratio of each keyed place."""
+
+    def __init__(self) -> None:
+        self.across, self.within = 0.0, 0.0
+        self.ratios: dict[Any, float] = {}
+
+    def add(
+        self,
+        key: Any,
+        across: tuple[NDArray[Any], NDArray[Any]],
+        within: Sequence[tuple[NDArray[Any], NDArray[Any]]],
+    ) -> None:
+        """One place: the step across it, and the mean of the steps beside it."""
+        a = float(np.abs(across[0] - across[1]).sum())
+        w = float(0.5 * sum(np.abs(x - y).sum() for x, y in within))
+        if w > 0:
+            self.ratios[key] = a / w
+            self.across += a
+            self.within += w
+
+    def result(self, empty: str) -> tuple[float, dict[Any, float]]:
+        """The overall score and the per-place ratios; `CorrectionError` ``empty`` if none."""
+        if not self.ratios:
+            raise CorrectionError(empty)
+        return self.across / self.within, self.ratios
 
 
 @dataclass(frozen=True)
@@ -508,8 +530,7 @@ def fused_seam_metric(
     d, m = int(distance), max(int(control), int(distance))
     lo_c = np.clip(b[:, 0], 0, shape)
     hi_c = np.clip(b[:, 1], 0, shape)
-    across_all, within_all = 0.0, 0.0
-    edges: dict[tuple[int, str], float] = {}
+    steps = _Steps()
     for k in range(len(b)):
         for ax in range(3):
             others = [a for a in range(3) if a != ax]
@@ -535,16 +556,9 @@ def fused_seam_metric(
                 lines = _edge_lines(image, nd4, channel, ax, positions, d, span, max_planes)
                 sel = cover if ax == 0 else cover[_plane_pick(span[0], max_planes)]
                 (p0, p1), (q0, q1), (r0, r1) = ((a[sel], bb[sel]) for a, bb in lines)
-                across = float(np.abs(q0 - q1).sum())
-                within = float(0.5 * (np.abs(p0 - p1).sum() + np.abs(r0 - r1).sum()))
-                if within > 0:
-                    edges[(k, "zyx"[ax] + side)] = across / within
-                    across_all += across
-                    within_all += within
-    if not edges:
-        msg = "no tile edge has fused data on both sides to measure seams"
-        raise CorrectionError(msg)
-    return EdgeSeamReport(across_all / within_all, edges)
+                steps.add((k, "zyx"[ax] + side), (q0, q1), [(p0, p1), (r0, r1)])
+    score, edges = steps.result("no tile edge has fused data on both sides to measure seams")
+    return EdgeSeamReport(score, edges)
 
 
 def _plane_pick(span: tuple[int, int], max_planes: int) -> NDArray[np.intp]:
