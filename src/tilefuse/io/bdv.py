@@ -914,19 +914,25 @@ class _Channel:
         return np.asarray(self.array[(self.channel, *index)])
 
 
-def group_to_bdv(group: Any, path: str | os.PathLike[str], **options: Any) -> tuple[Path, Path]:
+def group_to_bdv(
+    group: Any,
+    path: str | os.PathLike[str],
+    *,
+    allow_incomplete: bool = False,
+    **options: Any,
+) -> tuple[Path, Path]:
     """Export level 0 of a `MultiScaleGroup` (image or labels) to BigDataViewer HDF5 + XML.
 
     Each channel becomes a setup with its own channel attribute; labels are
-    downsampled by mode. ``options`` go to `write_bdv`.
+    downsampled by mode. ``options`` are `write_bdv`'s keywords (see
+    `MultiScaleGroup.to_bdv` for the list).
     """
-    if not group.is_complete and not options.pop("allow_incomplete", False):
+    if not group.is_complete and not allow_incomplete:
         msg = (
             f"{group.path} is an unfinished tilefuse write: resume the command that wrote it "
             "first (or pass allow_incomplete=True)"
         )
         raise IncompleteStoreError(msg)
-    options.pop("allow_incomplete", None)
     arr = group[0]
     vs = tuple(float(v) for v in group.voxel_size)
     org = tuple(float(v) for v in group.origin)

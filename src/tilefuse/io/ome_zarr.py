@@ -664,11 +664,41 @@ class MultiScaleGroup:
         while self.n_levels < n_levels:
             self.add_downsample_level(method=method, **kwargs)  # type: ignore[arg-type]
 
-    def to_bdv(self, path: str | os.PathLike[str], **options: Any) -> tuple[Path, Path]:
-        """Export level 0 to BigDataViewer HDF5 + XML (see `tilefuse.io.bdv.write_bdv`)."""
+    def to_bdv(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        levels: int | None = None,
+        chunks: tuple[int, int, int] | None = None,
+        compression: Literal["default", "fast", "archive", "gzip", "none"] = "default",
+        overwrite: bool = False,
+        format: Literal["hdf5", "n5"] = "hdf5",
+        allow_incomplete: bool = False,
+        workers: int | None = None,
+        client: Any = None,
+        progress: bool = False,
+    ) -> tuple[Path, Path]:
+        """Export level 0 to BigDataViewer HDF5 (or N5) + XML; each channel a setup.
+
+        The options are `tilefuse.io.bdv.write_bdv`'s; ``allow_incomplete``
+        exports a store an interrupted tilefuse write left unfinished (refused
+        by default: `IncompleteStoreError`).
+        """
         from tilefuse.io.bdv import group_to_bdv
 
-        return group_to_bdv(self, path, **options)
+        return group_to_bdv(
+            self,
+            path,
+            levels=levels,
+            chunks=chunks,
+            compression=compression,
+            overwrite=overwrite,
+            format=format,
+            allow_incomplete=allow_incomplete,
+            workers=workers,
+            client=client,
+            progress=progress,
+        )
 
     # -- labels -------------------------------------------------------------------------
     def create_labels(
