@@ -133,6 +133,46 @@ def test_an_illumination_gradient_is_kept_by_auto_and_removed_by_centred():
         ts.estimate_corrections(ramp="sideways")
 
 
+def test_a_camera_dark_level_is_subtracted_when_given(tmp_path, capsys):
+    """An offset outside the shading (raw = F * x + 400) is divided by F if left in the data;
+    given as a number (darkfield=400, --dark-level 400) it is subtracted first."""
+    from tilefuse.cli import main
+    from tilefuse.io.tiff import write_tiff
+    from tilefuse.io.tileconfig import write_tileconfig
+    from tilefuse.synthetic import cut_tiles
+
+    vol = _volume((1, 560, 560))
+    m = cut_tiles(vol, (4, 4), overlap=0.15)
+    flat = vignetting(m.tiles[0].shape[-2:], 0.4)
+    gains = np.random.default_rng(3).uniform(0.7, 1.4, 16)
+    gains[5] = 1.0
+    tiles = [
+        np.rint(flat * g * t + 400).astype(np.uint16) for t, g in zip(m.tiles, gains, strict=True)
+    ]
+    ts = Tileset.from_arrays(tiles, m.offsets_px)
+    left_in = ts.estimate_corrections(reference=5)
+    subtracted = ts.estimate_corrections(reference=5, darkfield=400)
+    assert _rms(left_in.flatfield[0] / flat, 1.0) > 0.02
+    assert _rms(subtracted.flatfield[0] / flat, 1.0) < 0.01
+    np.testing.assert_allclose(subtracted.darkfield, 400.0)
+    np.testing.assert_allclose(subtracted.gains[:, 0] * gains, 1.0, atol=0.01)
+    names = []
+    for k, t in enumerate(tiles):
+        names.append(f"t{k}.tif")
+        write_tiff(tmp_path / names[-1], t)
+    write_tileconfig(tmp_path / "TileConfiguration.txt", names, m.offsets_px)
+    npz = tmp_path / "c.npz"
+    assert main(["correct", str(tmp_path), "-o", str(npz), "--dark-level", "400",
+                 "--reference", "5"]) == 0  # fmt: skip
+    np.testing.assert_allclose(Corrections.load(npz).darkfield, 400.0)
+    capsys.readouterr()
+    both = ["correct", str(tmp_path), "-o", str(tmp_path / "x.npz"), "--dark-level", "4",
+            "--darkfield"]  # fmt: skip
+    assert main(both) == 2
+    assert "choose one of --darkfield" in capsys.readouterr().err
+    assert not (tmp_path / "x.npz").exists()
+
+
 def test_log_ramp_and_set_ramp():
     from tilefuse.shading import log_ramp, set_ramp
 

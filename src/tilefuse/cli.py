@@ -15,7 +15,7 @@ import numpy as np
 from tilefuse._version import __version__
 from tilefuse.blend import blend_names, label_safe_names
 from tilefuse.correction import RAMPS
-from tilefuse.errors import MissingTileError, OutputExistsError, TilefuseError
+from tilefuse.errors import MissingTileError, OutputExistsError, ParameterError, TilefuseError
 from tilefuse.options import ExecOptions, FusionOptions, OutputOptions
 
 if TYPE_CHECKING:
@@ -148,12 +148,21 @@ def _corrected(ts: Tileset, spec: str) -> Tileset:
     return ts.correct(spec)
 
 
+def _darkfield(args: argparse.Namespace) -> Any:
+    """What `correct`'s dark-field options ask for (at most one of them)."""
+    given = [x for x in (args.darkfield_file, args.dark_level) if x is not None]
+    if len(given) + bool(args.darkfield) > 1:
+        msg = "choose one of --darkfield, --darkfield-file and --dark-level"
+        raise ParameterError(msg)
+    return given[0] if given else args.darkfield
+
+
 def cmd_correct(args: argparse.Namespace) -> int:
     """Estimate shading profiles and per-tile gains; save them (.npz) and a QC picture."""
     ts = _open(args)
     corr = ts.estimate_corrections(
         flatfield=args.flatfield if args.flatfield else not args.no_flatfield,
-        darkfield=args.darkfield_file if args.darkfield_file else args.darkfield,
+        darkfield=_darkfield(args),
         gains=not args.no_gains,
         offsets=args.offsets,
         reference=args.reference,
@@ -605,6 +614,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="also estimate a dark-field (needs planes of varied brightness; default off)",
     )
     sp.add_argument("--darkfield-file", help="use this dark-field (.npy/.tif)")
+    sp.add_argument(
+        "--dark-level",
+        type=float,
+        metavar="COUNTS",
+        help="a constant dark level to subtract (the camera's offset), instead of a dark-field",
+    )
     sp.add_argument("--no-gains", action="store_true", help="no tile-to-tile equalisation")
     sp.add_argument("--offsets", action="store_true", help="also solve an offset per tile")
     sp.add_argument("--reference", type=int, help="tile kept at gain 1 (default: best linked)")

@@ -211,8 +211,9 @@ def load_profile(
 
     Parameters
     ----------
-    value : array_like or path
-        ``(y, x)`` (all channels) or ``(c, y, x)``.
+    value : array_like, number or path
+        ``(y, x)`` (all channels) or ``(c, y, x)``; a single number is a
+        constant profile (a camera's dark offset, say).
     shape : (c, y, x)
         What the tiles need.
     kind : {"flatfield", "darkfield"}
@@ -249,6 +250,8 @@ def load_profile(
         arr = np.asarray(value)
     arr = np.asarray(arr, dtype=np.float32).squeeze() if arr.ndim > 3 else arr.astype(np.float32)
     c, ny, nx = shape
+    if arr.ndim == 0:  # one number: a constant level (e.g. the camera's dark offset)
+        arr = np.full((c, ny, nx), float(arr), dtype=np.float32)
     if arr.ndim == 2 and arr.shape == (ny, nx):
         arr = np.broadcast_to(arr, (c, ny, nx))
     if arr.shape != (c, ny, nx):
@@ -432,8 +435,10 @@ def estimate_corrections(
         Channels to correct (others are left as they are); default all.
     flatfield : bool, array_like or path
         Estimate (True), skip (False) or use this profile.
-    darkfield : bool, array_like or path
-        Estimate (True; needs planes of varied brightness), skip (False) or use this profile.
+    darkfield : bool, number, array_like or path
+        Estimate (True; needs planes of varied brightness), skip (False) or use this
+        profile; a number is a constant level (the camera's dark offset: subtract it, an
+        offset left in the data is divided by the flat-field and biases it).
     gains : bool
         Equalise tiles from their overlaps.
     offsets : bool
@@ -520,7 +525,7 @@ def estimate_corrections(
                     content = flat[c].copy()
                     flat[c] = refine_flatfield(
                         samples, sol.gains, sol.offsets, content, reference=ref,
-                        fit_offsets=offsets,
+                        fit_offsets=True,  # even for gains only: data offsets must not bend F
                     )  # fmt: skip
                     sol = _solve_channel(tiles, overlaps, flat, dark, c, offsets, min_ncc, ref)
                     flat[c], ramps[str(c)] = _resolve_ramp(

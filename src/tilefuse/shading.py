@@ -325,8 +325,10 @@ def estimate_shading(
     )
     shape = (tiles[0].shape[1], tiles[0].shape[2])
     model = fit_shading(planes, yc, xc, shape, darkfield=darkfield, degree=degree)
+    halves = []
     if len(planes) >= 8:
         halves = _split_fits(planes, yc, xc, shape, model.darkfield is not None, degree, seed)
+    if halves:
         ramps = np.array([log_ramp(a) - log_ramp(b) for a, b in halves])
         # var(full) ~ var(half) / 2 and var(a - b) = 2 var(half): var(full) ~ mean((a - b)^2) / 4
         noise = float(np.sqrt(np.mean(ramps**2) / 4))
@@ -553,16 +555,24 @@ def _split_fits(
     seed: int,
     splits: int = 3,
 ) -> list[tuple[NDArray[np.float32], NDArray[np.float32]]]:
-    """Flat-fields fitted to the two halves of ``splits`` random splits of the sample."""
+    """Flat-fields fitted to the two halves of ``splits`` random splits of the sample.
+
+    A split whose half does not support a fit (too few planes with signal for a
+    dark-field, say) is left out; no split at all means the noise is unknown.
+    """
     rng = np.random.default_rng(seed + 1)
     out = []
     for _ in range(splits):
         order = rng.permutation(len(planes))
         half = len(planes) // 2
-        fa, fb = (
-            fit_shading(planes[idx], yc, xc, shape, darkfield=dark, degree=degree).flatfield
-            for idx in (order[:half], order[half:])
-        )
+        try:
+            fa, fb = (
+                fit_shading(planes[idx], yc, xc, shape, darkfield=dark, degree=degree).flatfield
+                for idx in (order[:half], order[half:])
+            )
+        except CorrectionError as e:
+            logger.info("a split half of the shading sample does not fit (%s); left out", e)
+            continue
         out.append((fa, fb))
     return out
 
