@@ -173,6 +173,18 @@ def test_a_camera_dark_level_is_subtracted_when_given(tmp_path, capsys):
     assert not (tmp_path / "x.npz").exists()
 
 
+def test_flatfield_refinement_dense_and_sparse_agree(mosaic2d, monkeypatch):
+    """Large mosaics solve the refinement's normal equations with a sparse LU: same answer."""
+    import tilefuse.shading as shading
+
+    sm, ts = mosaic2d
+    dense = ts.estimate_corrections(offsets=True, reference=5)
+    monkeypatch.setattr(shading, "DENSE_UNKNOWNS", 0)
+    sparse = ts.estimate_corrections(offsets=True, reference=5)
+    np.testing.assert_allclose(sparse.flatfield, dense.flatfield, rtol=1e-4)
+    np.testing.assert_allclose(sparse.gains, dense.gains, rtol=1e-4)
+
+
 def test_log_ramp_and_set_ramp():
     from tilefuse.shading import log_ramp, set_ramp
 

@@ -345,6 +345,10 @@ def estimate_shading(
     return model
 
 
+#: `refine_flatfield` solves dense normal equations below this many tile unknowns
+DENSE_UNKNOWNS = 2000
+
+
 def refine_flatfield(
     samples: Sequence[Any],
     gains: NDArray[Any],
@@ -468,6 +472,13 @@ def refine_flatfield(
             np.sum(w * r * r) + extra + eps * (np.sum((a - a0) ** 2) + np.sum((c - c0) ** 2))
         )
 
+    # the normal equations' parts that do not change: prior and mean rows, the pull on tiles
+    constant: Any = sparse.block_diag(
+        [wp2 * pp.T @ pp + wm2 * np.outer(mrow, mrow), sparse.identity(nt) * eps], format="csc"
+    )
+    dense = nt < DENSE_UNKNOWNS  # up to ~1000 tiles: dense normal equations; beyond, sparse LU
+    if dense:
+        constant = constant.toarray()
     w = np.ones(m)
     for rnd in range(rounds):
         if rnd:
@@ -493,29 +504,21 @@ def refine_flatfield(
             jtiles = sparse.csr_matrix((dd, (rr, cc)), shape=(m, nt))
             jac = sparse.hstack([sparse.csr_matrix(jt), jtiles]).tocsr()
             wj = sparse.diags(w) @ jac
-            normal = (jac.T @ wj).toarray() if nt < 2000 else (jac.T @ wj).tocsc()
+            normal = jac.T @ wj
+            base = (normal.toarray() if dense else normal.tocsc()) + constant
+            diag = base.diagonal()
             grad = np.asarray(wj.T @ r).ravel()
-            prior_n = wp2 * pp.T @ pp + wm2 * np.outer(mrow, mrow)
             grad[:npar] += wp2 * pp.T @ (pp @ theta - pf) + wm2 * mrow * (mrow @ theta - 1)
             grad[npar:] += (
                 eps * np.r_[a[free] - a0[free], (c[free] - c0[free]) if fit_offsets else []]
             )
-            add = np.zeros(npar + nt)
-            add[npar:] = eps
             improved = False
             for _ in range(8):
-                if sparse.issparse(normal):
-                    mat = normal.tolil()
-                    mat[:npar, :npar] += prior_n
-                    diag = mat.diagonal() + add
-                    mat.setdiag(diag * (1 + lam))
-                    step = spsolve(mat.tocsc(), -grad)
+                # Levenberg-Marquardt: the diagonal scaled up by 1 + lam
+                if dense:
+                    step = np.linalg.solve(base + np.diag(lam * diag + 1e-15), -grad)
                 else:
-                    mat = normal.copy()
-                    mat[:npar, :npar] += prior_n
-                    diag = np.diagonal(mat) + add
-                    mat[np.diag_indices_from(mat)] = diag * (1 + lam) + 1e-15
-                    step = np.linalg.solve(mat, -grad)
+                    step = spsolve((base + sparse.diags(lam * diag)).tocsc(), -grad)
                 th2 = theta + step[:npar]
                 a2, c2 = a.copy(), c.copy()
                 a2[free] += step[npar : npar + len(free)]
