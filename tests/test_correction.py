@@ -177,7 +177,7 @@ def test_flatfield_refinement_dense_and_sparse_agree(mosaic2d, monkeypatch):
     """Large mosaics solve the refinement's normal equations with a sparse LU: same answer."""
     import tilefuse.shading as shading
 
-    sm, ts = mosaic2d
+    _, ts = mosaic2d
     dense = ts.estimate_corrections(offsets=True, reference=5)
     monkeypatch.setattr(shading, "DENSE_UNKNOWNS", 0)
     sparse = ts.estimate_corrections(offsets=True, reference=5)
