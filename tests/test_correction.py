@@ -185,6 +185,20 @@ def test_flatfield_refinement_dense_and_sparse_agree(mosaic2d, monkeypatch):
     np.testing.assert_allclose(sparse.gains, dense.gains, rtol=1e-4)
 
 
+def test_darkfield_estimate_on_a_structured_mosaic_is_refused(mosaic3d, mosaic2d):
+    """The sample-based dark-field takes content for an additive pattern on a structured
+    mosaic (the profiles would be tens of percent off): the overlaps expose it, and the
+    estimate is refused with what to do instead."""
+    for fixture in (mosaic3d, mosaic2d):
+        _, ts = fixture
+        with pytest.raises(CorrectionError, match="taken the sample's content") as err:
+            ts.estimate_corrections(reference=5, darkfield=True)
+        assert "--dark-level" in str(err.value)
+    # healthy estimates record how far the overlaps moved the sample's flat-field
+    corr = mosaic3d[1].estimate_corrections(reference=5)
+    assert 0 < corr.info["overlaps_vs_sample_rms"]["0"] < 0.05
+
+
 def test_log_ramp_and_set_ramp():
     from tilefuse.shading import log_ramp, set_ramp
 

@@ -536,7 +536,10 @@ def refine_flatfield(
                 break
     flat = ly @ theta.reshape(degree + 1, degree + 1) @ lx.T
     if not np.isfinite(flat).all() or flat.min() <= 0.05 * flat.mean():
-        logger.warning("overlap refinement of the flat-field failed (F <= 0); keeping the prior")
+        logger.warning(
+            "overlap refinement of the flat-field failed (F <= 0 somewhere): the overlaps do "
+            "not fit a smooth flat-field; keeping the sample estimate"
+        )
         return prior.astype(np.float32)
     return (flat / flat.mean()).astype(np.float32)
 
