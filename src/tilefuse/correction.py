@@ -471,7 +471,7 @@ def estimate_corrections(
     Corrections
     """
     from tilefuse.equalise import overlap_samples
-    from tilefuse.shading import estimate_shading, refine_flatfield
+    from tilefuse.shading import estimate_shading, refine_flatfield, refine_shading
 
     if ramp not in RAMPS:
         msg = f"ramp must be one of {RAMPS}, not {ramp!r}"
@@ -517,18 +517,32 @@ def estimate_corrections(
             replace(t, source=CorrectedSource(t.source, darkfield=dark, dtype=np.float32))
             for t in tiles
         ]
+        raw = [replace(t, source=CorrectedSource(t.source, dtype=np.float32)) for t in tiles]
         for c in chans:
             sol = _solve_channel(tiles, overlaps, flat, dark, c, offsets, min_ncc, reference)
             ref = sol.reference
             if flatfield is True and flat is not None and refine and sol.kept:
-                samples = overlap_samples(dark_only, overlaps, sol.kept, c)
+                fit_dark = darkfield is True and dark is not None
+                samples = overlap_samples(raw if fit_dark else dark_only, overlaps, sol.kept, c)
                 if samples:
                     content = flat[c].copy()
                     flat[c] = refine_flatfield(
                         samples, sol.gains, sol.offsets, content, reference=ref,
                         fit_offsets=True,  # even for gains only: data offsets must not bend F
                     )  # fmt: skip
-                    refined[str(c)] = _check_refinement(flat[c], content, c, darkfield is True)
+                    if fit_dark and not np.array_equal(flat[c], content):
+                        # then the dark-field, from that flat-field and no dark-field: the
+                        # sample's dark-field is content-biased and a poor place to start
+                        # (with gains only, D is whole: the camera's offset included)
+                        start = _solve_channel(
+                            tiles, overlaps, flat, None, c, offsets, min_ncc, ref
+                        )
+                        flat[c], fitted = refine_shading(
+                            samples, start.gains, start.offsets, flat[c], reference=ref,
+                            darkfield=np.zeros_like(flat[c]), fit_offsets=offsets,
+                        )  # fmt: skip
+                        dark[c] = fitted  # type: ignore[index]
+                    refined[str(c)] = _check_refinement(flat[c], content, c, fit_dark)
                     sol = _solve_channel(tiles, overlaps, flat, dark, c, offsets, min_ncc, ref)
                     flat[c], ramps[str(c)] = _resolve_ramp(
                         flat[c], ramp, content, noise.get(c, 0.0), sol, tiles
@@ -598,30 +612,31 @@ MAX_DISAGREEMENT = 0.10
 def _check_refinement(
     refined: NDArray[Any], sample: NDArray[Any], channel: int, darkfield: bool
 ) -> float:
-    """How far the overlaps moved the sample's flat-field; refuse or warn when it is too far.
+    """How far the overlaps moved the sample's flat-field; refuse or warn where that says so.
 
-    With an estimated dark-field, a failed or far-off refinement means the dark-field took
-    the sample's content for an additive pattern: `CorrectionError` (the profiles would be
-    wrong by tens of percent). Without one, a warning (misplaced tiles, or a sample whose
-    content fools the sample estimate).
+    With a dark-field fitted to the overlaps, the sample's flat-field (estimated with a
+    dark-field the content can bias) is no yardstick; only a failed fit is refused
+    (`CorrectionError`: the sample's profiles would be kept, and they can be tens of percent
+    off). Without one, a warning when the overlaps move the flat-field by more than
+    `MAX_DISAGREEMENT` (misplaced tiles, or content that fools the sample estimate).
     """
     failed = np.array_equal(refined, sample)
     rms = float(np.sqrt(np.mean((refined.astype(float) / sample - 1) ** 2)))
-    if darkfield and (failed or rms > MAX_DISAGREEMENT):
-        what = "do not fit them at all" if failed else f"move the flat-field by {rms:.0%} RMS"
+    if darkfield and failed:
         msg = (
-            f"channel {channel}: the overlaps {what} from the sample's dark-field and "
-            "flat-field estimate: the dark-field has taken the sample's content for an additive "
-            "pattern (it needs planes of one uniform sample at several brightnesses). Estimate "
-            "without it, or give a measured dark frame (--darkfield-file) or the camera's "
-            "offset (--dark-level)."
+            f"channel {channel}: the overlaps do not fit a smooth flat-field and dark-field; "
+            "the sample's own estimate is not usable (its dark-field takes the content for an "
+            "additive pattern unless the planes show one uniform sample at several "
+            "brightnesses). Estimate without a dark-field, or give a measured dark frame "
+            "(--darkfield-file) or the camera's offset (--dark-level)."
         )
         raise CorrectionError(msg)
-    if rms > MAX_DISAGREEMENT:
+    if rms > MAX_DISAGREEMENT and not darkfield:
         logger.warning(
             "channel %d: the overlaps move the sample's flat-field by %.0f%% RMS (usually under "
-            "4%%): check the tile positions (overlaps must show the same sample) before trusting "
-            "the correction",
+            "4%%): check the tile positions (overlaps must show the same sample) and whether a "
+            "dark level is left in the data (--dark-level, or --darkfield to fit one) before "
+            "trusting the correction",
             channel,
             100 * rms,
         )
@@ -659,8 +674,15 @@ def _resolve_ramp(
             factor = 0.0
         elif mode == "content":
             factor = 1.0
+        elif noise <= 0:  # auto, but the sample's noise is unknown: no evidence of a ramp
+            logger.warning(
+                "the flat-field's ramp could not be weighed against the sample's noise (too "
+                "few planes to split in halves): assuming shading symmetric about the field's "
+                "centre; pass ramp='content' or ramp='gains' if the illumination has a gradient"
+            )
+            factor = 0.0
         else:  # auto: positive-part shrinkage towards no ramp by the sample's own noise
-            z2 = float(sample @ sample) / max(noise**2, 1e-300) if noise > 0 else np.inf
+            z2 = float(sample @ sample) / noise**2
             factor = max(0.0, 1 - RAMP_SIGMAS**2 / z2) if z2 > 0 else 0.0
         report["factor"] = factor
         out = set_ramp(flat, factor * sample)

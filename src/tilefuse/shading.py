@@ -40,6 +40,7 @@ __all__ = [
     "fit_shading",
     "log_ramp",
     "refine_flatfield",
+    "refine_shading",
     "sample_planes",
     "set_ramp",
 ]
@@ -345,7 +346,7 @@ def estimate_shading(
     return model
 
 
-#: `refine_flatfield` solves dense normal equations below this many tile unknowns
+#: `refine_shading` solves dense normal equations below this many tile unknowns
 DENSE_UNKNOWNS = 2000
 
 
@@ -354,49 +355,71 @@ def refine_flatfield(
     gains: NDArray[Any],
     offsets: NDArray[Any],
     prior: NDArray[Any],
+    **options: Any,
+) -> NDArray[np.float32]:
+    """`refine_shading` without a dark-field: the refined flat-field alone."""
+    return refine_shading(samples, gains, offsets, prior, **options)[0]
+
+
+def refine_shading(
+    samples: Sequence[Any],
+    gains: NDArray[Any],
+    offsets: NDArray[Any],
+    prior: NDArray[Any],
     *,
+    darkfield: NDArray[Any] | None = None,
     reference: int | None = None,
     fit_offsets: bool = True,
     degree: int = 4,
+    dark_degree: int = 2,
     prior_weight: float = 1e-4,
     rounds: int = 3,
     iterations: int = 25,
     max_samples: int = 200_000,
     seed: int = 0,
-) -> NDArray[np.float32]:
-    """Refine a flat-field with overlaps: the same sample seen at two places of the field of view.
+) -> tuple[NDArray[np.float32], NDArray[np.float32] | None]:
+    """Refine shading with overlaps: the same sample seen at two places of the field of view.
 
-    Every matched overlap value says ``a_i r_i / F(u) + c_i = a_j r_j / F(u') +
-    c_j`` for the flat-field ``F`` at the two field-of-view positions, free of
-    the sample's content. ``F`` (a tensor Legendre polynomial, like the sample
-    estimate) and the per-tile maps ``a * x + c`` are fitted jointly to all of
-    them by damped Gauss-Newton (Levenberg-Marquardt), with Tukey reweighting
-    between rounds; ``F`` has mean 1 and the reference tile keeps ``a = 1, c =
-    0``. Jointly, because the two are strongly coupled (a bowl in ``F`` against
-    a trend of the gains): alternating between them converges to the sample
-    estimate's bias instead. A polynomial ``F`` is determined by its values in
-    the overlap strips (a polynomial equal to its own shifted copy on an open
-    set is constant) except for one thing: its log-linear ramp, traded against
-    a trend of the gains across the mosaic (`log_ramp`, `set_ramp`); that, and
-    whatever the polynomial cannot reach, is held by ``prior`` with a total
-    weight of ``prior_weight`` relative to the overlaps.
+    Every matched overlap value says ``a_i (r_i - D(u)) / F(u) + c_i = a_j (r_j -
+    D(u')) / F(u') + c_j`` for the flat-field ``F`` (and dark-field ``D``) at the
+    two field-of-view positions, free of the sample's content. ``F`` (a tensor
+    Legendre polynomial, like the sample estimate), optionally ``D`` (one of
+    degree ``dark_degree``) and the per-tile maps ``a * x + c`` are fitted
+    jointly to all of them by damped Gauss-Newton (Levenberg-Marquardt), with
+    Tukey reweighting between rounds; ``F`` has mean 1, ``D`` mean 0 when
+    offsets are fitted (``D + kF`` fits as well as ``D`` with offsets ``c - a
+    k``; without offsets ``D`` is whole, a camera offset included) and the
+    reference tile keeps ``a = 1, c = 0``. Jointly, because they are strongly coupled (a bowl
+    in ``F`` against a trend of the gains): alternating between them converges
+    to the sample estimate's bias instead. A polynomial ``F`` is determined by
+    its values in the overlap strips (a polynomial equal to its own shifted
+    copy on an open set is constant) except for one thing: its log-linear ramp,
+    traded against a trend of the gains across the mosaic (`log_ramp`,
+    `set_ramp`); that, and whatever the polynomial cannot reach, is held by the
+    priors with a total weight of ``prior_weight`` relative to the overlaps.
+    ``D`` is told apart from ``F`` by the content: at one pair of positions the
+    two views are related affinely, with an intercept that ``D`` sets.
 
     Parameters
     ----------
     samples : sequence of OverlapSample
-        From `tilefuse.equalise.overlap_samples` (dark-field already subtracted).
+        From `tilefuse.equalise.overlap_samples`: dark-field already subtracted,
+        or raw when ``darkfield`` is given (it is then fitted).
     gains, offsets : ndarray (n_tiles,)
         Starting per-tile maps (e.g. from `tilefuse.equalise.solve_gains`).
     prior : ndarray (y, x)
         Starting flat-field estimate (mean 1), e.g. `estimate_shading`'s.
+    darkfield : ndarray (y, x), optional
+        Starting dark-field estimate (zero mean) to fit ``D`` from; None: no
+        dark-field in the model.
     reference : int, optional
         Tile kept at ``a = 1, c = 0`` (default: the tile in most samples).
     fit_offsets : bool
         Fit the offsets ``c`` too (otherwise they stay as given).
-    degree : int
-        Legendre degree per axis of ``F``.
+    degree, dark_degree : int
+        Legendre degree per axis of ``F`` and of ``D``.
     prior_weight : float
-        Weight of the prior relative to the overlaps.
+        Weight of the priors relative to the overlaps.
     rounds, iterations : int
         Reweighting rounds, and damped Gauss-Newton steps per round.
     max_samples : int
@@ -406,17 +429,22 @@ def refine_flatfield(
 
     Returns
     -------
-    ndarray (y, x) float32
-        The refined flat-field, mean 1 (``prior`` when there are no samples,
-        or when the fit leaves a non-positive flat-field).
+    (ndarray (y, x) float32, ndarray (y, x) float32 or None)
+        The refined flat-field (mean 1) and dark-field (mean 0 with
+        ``fit_offsets``; None without ``darkfield``). The priors when there
+        are no samples, or when the fit leaves a non-positive flat-field.
     """
     from scipy import sparse
     from scipy.sparse.linalg import spsolve
 
     ny, nx = prior.shape
+    keep_prior = (
+        prior.astype(np.float32),
+        None if darkfield is None else np.asarray(darkfield, dtype=np.float32),
+    )
     samples = [s for s in samples if len(s.values_i)]
     if not samples:
-        return prior.astype(np.float32)
+        return keep_prior
     n = len(gains)
     ti = np.concatenate([np.full(len(s.values_i), s.i) for s in samples])
     tj = np.concatenate([np.full(len(s.values_j), s.j) for s in samples])
@@ -427,54 +455,77 @@ def refine_flatfield(
         keep = np.sort(np.random.default_rng(seed).choice(len(vi), max_samples, replace=False))
         ti, tj, vi, vj = ti[keep], tj[keep], vi[keep], vj[keep]
         pts = [p[keep] for p in pts]
+    fit_dark = darkfield is not None
+    dd = dark_degree if fit_dark else -1
     bi = _basis_points(pts[0], pts[1], ny, nx, degree)
     bj = _basis_points(pts[2], pts[3], ny, nx, degree)
+    di = _basis_points(pts[0], pts[1], ny, nx, dd) if fit_dark else np.zeros((len(vi), 0))
+    dj = _basis_points(pts[2], pts[3], ny, nx, dd) if fit_dark else np.zeros((len(vi), 0))
     level = float(np.median(np.abs(vi))) * float(np.median(np.abs(gains))) or 1.0
     vi, vj = vi / level, vj / level
-    m, npar = len(vi), bi.shape[1]
+    m, npar, ndark = len(vi), bi.shape[1], di.shape[1]
+    nshape = npar + ndark
     ref = int(reference) if reference is not None else int(np.bincount(np.r_[ti, tj]).argmax())
     free = np.array([k for k in range(n) if k != ref], dtype=np.intp)
     col = np.full(n, -1)
     col[free] = np.arange(len(free))
     nt = len(free) * (2 if fit_offsets else 1)
-    # prior (F on a coarse grid), mean of F over the voxel centres, positivity check grid
+    # priors (F and D on a coarse grid) and the means of F and D over the voxel centres
     gy = (np.arange(32) + 0.5) * ny / 32 - 0.5
     gx = (np.arange(32) + 0.5) * nx / 32 - 0.5
     yy, xx = np.meshgrid(gy, gx, indexing="ij")
-    pp = _basis_points(yy.ravel(), xx.ravel(), ny, nx, degree)
     iy = np.clip(np.rint(yy.ravel()).astype(int), 0, ny - 1)
     ix = np.clip(np.rint(xx.ravel()).astype(int), 0, nx - 1)
+    pp = _basis_points(yy.ravel(), xx.ravel(), ny, nx, degree)
+    pd = _basis_points(yy.ravel(), xx.ravel(), ny, nx, dd) if fit_dark else np.zeros((len(iy), 0))
+    prior_rows = np.zeros((2 * len(iy), nshape))
+    prior_rows[: len(iy), :npar] = pp
+    prior_rows[len(iy) :, npar:] = pd
     pf = prior[iy, ix].astype(np.float64)
-    ly = legendre.legvander(2 * (np.arange(ny) + 0.5) / ny - 1, degree)
-    lx = legendre.legvander(2 * (np.arange(nx) + 0.5) / nx - 1, degree)
-    mrow = np.outer(ly.mean(0), lx.mean(0)).ravel()
+    pdv = np.asarray(darkfield, float)[iy, ix] / level if fit_dark else np.zeros(len(iy))
+    prior_vals = np.r_[pf, pdv if fit_dark else np.zeros(len(iy))]
+
+    def lv(k: int, deg: int) -> NDArray[Any]:
+        return legendre.legvander(2 * (np.arange(k) + 0.5) / k - 1, deg)
+
+    ly, lx = lv(ny, degree), lv(nx, degree)
+    mean_rows = np.zeros((2, nshape))
+    mean_rows[0, :npar] = np.outer(ly.mean(0), lx.mean(0)).ravel()
+    if fit_dark and fit_offsets:  # D + kF with offsets c - a k fits as well: mean D = 0
+        mean_rows[1, npar:] = np.outer(lv(ny, dd).mean(0), lv(nx, dd).mean(0)).ravel()
+    mean_vals = np.array([1.0, 0.0])
     wp2 = prior_weight * m / len(pp)
-    wm2 = float(m)  # mean F = 1: as heavy as all the overlaps together
+    wm2 = float(m)  # mean F = 1, mean D = 0: as heavy as all the overlaps together
     eps = 1e-6 * m / max(n, 1)  # keeps tiles without samples where they are
-    theta = np.linalg.lstsq(pp, pf, rcond=None)[0]
-    theta /= mrow @ theta
+    shape = np.linalg.lstsq(prior_rows, prior_vals, rcond=None)[0]
+    shape[:npar] /= mean_rows[0] @ shape
     a = np.asarray(gains, dtype=np.float64).copy()
     c = np.asarray(offsets, dtype=np.float64) / level
     a0, c0 = a.copy(), c.copy()
     rows = np.arange(m)
     mi, mj = col[ti] >= 0, col[tj] >= 0
 
-    def residual(th: NDArray[Any], a: NDArray[Any], c: NDArray[Any]) -> Any:
-        fi, fj = bi @ th, bj @ th
-        return fi, fj, a[ti] * vi / fi + c[ti] - a[tj] * vj / fj - c[tj]
+    def residual(sh: NDArray[Any], a: NDArray[Any], c: NDArray[Any]) -> Any:
+        fi, fj = bi @ sh[:npar], bj @ sh[:npar]
+        ei, ej = vi - di @ sh[npar:], vj - dj @ sh[npar:]  # dark-subtracted values
+        return fi, fj, ei, ej, a[ti] * ei / fi + c[ti] - a[tj] * ej / fj - c[tj]
 
-    def cost(th: NDArray[Any], a: NDArray[Any], c: NDArray[Any], w: NDArray[Any]) -> float:
-        fi, fj, r = residual(th, a, c)
-        if min(fi.min(), fj.min(), (pp @ th).min()) <= 0.05:
+    def cost(sh: NDArray[Any], a: NDArray[Any], c: NDArray[Any], w: NDArray[Any]) -> float:
+        fi, fj, _, _, r = residual(sh, a, c)
+        if min(fi.min(), fj.min(), (pp @ sh[:npar]).min()) <= 0.05:
             return np.inf
-        extra = wp2 * np.sum((pp @ th - pf) ** 2) + wm2 * (mrow @ th - 1) ** 2
-        return float(
-            np.sum(w * r * r) + extra + eps * (np.sum((a - a0) ** 2) + np.sum((c - c0) ** 2))
-        )
+        extra = wp2 * np.sum((prior_rows @ sh - prior_vals) ** 2)
+        extra += wm2 * np.sum((mean_rows @ sh - mean_vals) ** 2)
+        pull = eps * (np.sum((a - a0) ** 2) + np.sum((c - c0) ** 2))
+        return float(np.sum(w * r * r) + extra + pull)
 
     # the normal equations' parts that do not change: prior and mean rows, the pull on tiles
     constant: Any = sparse.block_diag(
-        [wp2 * pp.T @ pp + wm2 * np.outer(mrow, mrow), sparse.identity(nt) * eps], format="csc"
+        [
+            wp2 * prior_rows.T @ prior_rows + wm2 * mean_rows.T @ mean_rows,
+            sparse.identity(nt) * eps,
+        ],
+        format="csc",
     )
     dense = nt < DENSE_UNKNOWNS  # up to ~1000 tiles: dense normal equations; beyond, sparse LU
     if dense:
@@ -482,36 +533,41 @@ def refine_flatfield(
     w = np.ones(m)
     for rnd in range(rounds):
         if rnd:
-            r = residual(theta, a, c)[2]
+            r = residual(shape, a, c)[4]
             scale = 1.4826 * float(np.median(np.abs(r - np.median(r))))
             w = _tukey(r, scale)
-        lam, current = 1e-3, cost(theta, a, c, w)
+        lam, current = 1e-3, cost(shape, a, c, w)
         if not np.isfinite(current):
             break
         for _ in range(iterations):
-            fi, fj, r = residual(theta, a, c)
-            jt = -(a[ti] * vi / fi**2)[:, None] * bi + (a[tj] * vj / fj**2)[:, None] * bj
+            fi, fj, ei, ej, r = residual(shape, a, c)
+            jshape = np.hstack(
+                [
+                    -(a[ti] * ei / fi**2)[:, None] * bi + (a[tj] * ej / fj**2)[:, None] * bj,
+                    -(a[ti] / fi)[:, None] * di + (a[tj] / fj)[:, None] * dj,
+                ]
+            )
             parts = [
-                (rows[mi], col[ti[mi]], (vi / fi)[mi]),
-                (rows[mj], col[tj[mj]], -(vj / fj)[mj]),
+                (rows[mi], col[ti[mi]], (ei / fi)[mi]),
+                (rows[mj], col[tj[mj]], -(ej / fj)[mj]),
             ]
             if fit_offsets:
                 parts += [
                     (rows[mi], len(free) + col[ti[mi]], np.ones(mi.sum())),
                     (rows[mj], len(free) + col[tj[mj]], -np.ones(mj.sum())),
                 ]
-            rr, cc, dd = (np.concatenate(v) for v in zip(*parts, strict=True))
-            jtiles = sparse.csr_matrix((dd, (rr, cc)), shape=(m, nt))
-            jac = sparse.hstack([sparse.csr_matrix(jt), jtiles]).tocsr()
+            rr, cc, vv = (np.concatenate(v) for v in zip(*parts, strict=True))
+            jtiles = sparse.csr_matrix((vv, (rr, cc)), shape=(m, nt))
+            jac = sparse.hstack([sparse.csr_matrix(jshape), jtiles]).tocsr()
             wj = sparse.diags(w) @ jac
             normal = jac.T @ wj
             base = (normal.toarray() if dense else normal.tocsc()) + constant
             diag = base.diagonal()
             grad = np.asarray(wj.T @ r).ravel()
-            grad[:npar] += wp2 * pp.T @ (pp @ theta - pf) + wm2 * mrow * (mrow @ theta - 1)
-            grad[npar:] += (
-                eps * np.r_[a[free] - a0[free], (c[free] - c0[free]) if fit_offsets else []]
-            )
+            grad[:nshape] += wp2 * prior_rows.T @ (prior_rows @ shape - prior_vals)
+            grad[:nshape] += wm2 * mean_rows.T @ (mean_rows @ shape - mean_vals)
+            pulled = [a[free] - a0[free]] + ([c[free] - c0[free]] if fit_offsets else [])
+            grad[nshape:] += eps * np.concatenate(pulled)
             improved = False
             for _ in range(8):
                 # Levenberg-Marquardt: the diagonal scaled up by 1 + lam
@@ -519,14 +575,14 @@ def refine_flatfield(
                     step = np.linalg.solve(base + np.diag(lam * diag + 1e-15), -grad)
                 else:
                     step = spsolve((base + sparse.diags(lam * diag)).tocsc(), -grad)
-                th2 = theta + step[:npar]
+                sh2 = shape + step[:nshape]
                 a2, c2 = a.copy(), c.copy()
-                a2[free] += step[npar : npar + len(free)]
+                a2[free] += step[nshape : nshape + len(free)]
                 if fit_offsets:
-                    c2[free] += step[npar + len(free) :]
-                new = cost(th2, a2, c2, w)
+                    c2[free] += step[nshape + len(free) :]
+                new = cost(sh2, a2, c2, w)
                 if new < current:
-                    theta, a, c = th2, a2, c2
+                    shape, a, c = sh2, a2, c2
                     lam = max(lam / 3, 1e-9)
                     improved = current - new > 1e-12 * current
                     current = new
@@ -534,14 +590,20 @@ def refine_flatfield(
                 lam *= 10
             if not improved:
                 break
-    flat = ly @ theta.reshape(degree + 1, degree + 1) @ lx.T
+    flat = ly @ shape[:npar].reshape(degree + 1, degree + 1) @ lx.T
     if not np.isfinite(flat).all() or flat.min() <= 0.05 * flat.mean():
         logger.warning(
             "overlap refinement of the flat-field failed (F <= 0 somewhere): the overlaps do "
             "not fit a smooth flat-field; keeping the sample estimate"
         )
-        return prior.astype(np.float32)
-    return (flat / flat.mean()).astype(np.float32)
+        return keep_prior
+    dark = None
+    if fit_dark:
+        dark = (lv(ny, dd) @ shape[npar:].reshape(dd + 1, dd + 1) @ lv(nx, dd).T) * level
+        if fit_offsets:
+            dark = dark - flat / flat.mean() * dark.mean()
+        dark = dark.astype(np.float32)
+    return (flat / flat.mean()).astype(np.float32), dark
 
 
 def _basis_points(y: NDArray[Any], x: NDArray[Any], ny: int, nx: int, degree: int) -> NDArray[Any]:
