@@ -20,6 +20,11 @@ default ``ramp="auto"`` and with ``ramp="centred"``: what the choice of the
 flat-field's log-linear ramp (the one thing overlaps cannot see) costs when the
 optics are not symmetric.
 
+Dark level: the same mosaic (x1 density) with a 400-count camera offset or a 300-500 count
+gradient added outside the shading (``raw = flat * gain * truth + dark``): the flat-field and
+gain errors when the dark level is ignored, given (``darkfield=<the truth>``) and fitted to
+the overlaps (``darkfield=True``), gains only and with offsets.
+
 Real: the NIST MIST 5 x 5 grid at MIST's global positions, and the ``tilefuse
 demo`` mosaic: seam metric raw / corrected (default; and ``ramp="gains"``).
 Prints Markdown tables.
@@ -115,6 +120,42 @@ def shape_rows(shape: tuple[int, int, int]) -> list[str]:
     return rows
 
 
+def dark_rows(shape: tuple[int, int, int]) -> list[str]:
+    from tilefuse.synthetic import cut_tiles, vignetting
+
+    vol, _ = make_volume(shape, seed=2, dtype=np.float32)
+    vol = vol.astype(float) * 20000 + 500
+    m = cut_tiles(vol, (4, 4), overlap=0.15)
+    flat = vignetting(m.tiles[0].shape[-2:], 0.4)
+    ny, nx = flat.shape
+    xx = np.arange(nx)[None, :] + np.zeros((ny, 1))
+    g = np.random.default_rng(3).uniform(0.7, 1.4, 16)
+    g[5] = 1.0
+    rows = []
+    for name, dark in (
+        ("offset 400", np.full((ny, nx), 400.0)),
+        ("gradient 300-500", 300 + 200 * xx / nx),
+    ):
+        tiles = [
+            np.rint(flat * gk * t + dark).astype(np.uint16)
+            for t, gk in zip(m.tiles, g, strict=True)
+        ]
+        ts = Tileset.from_arrays(tiles, m.offsets_px)
+        cells = []
+        for kw in (
+            {},
+            {"darkfield": dark},
+            {"darkfield": True},
+            {"darkfield": True, "offsets": True},
+        ):
+            c = ts.estimate_corrections(reference=5, **kw)
+            ferr = np.sqrt(np.mean((c.flatfield[0] / flat - 1) ** 2))
+            cells.append(f"{ferr * 100:.2f} % / {np.abs(c.gains[:, 0] * g - 1).max() * 100:.2f} %")
+        dim = "2D" if shape[0] == 1 else "3D"
+        rows.append(f"| {dim} | {name} | " + " | ".join(cells) + " |")
+    return rows
+
+
 def mist_tileset() -> Tileset:
     pos = re.compile(r"file: (\S+); corr: \S+; position: \((-?\d+), (-?\d+)\);")
     text = (MIST / "reference" / "global-positions-1.txt").read_text().splitlines()
@@ -148,6 +189,13 @@ def main() -> None:
     print("|---|---|---|---|")
     for shape in ((1, 560, 560), (8, 480, 480)):
         for row in shape_rows(shape):
+            print(row, flush=True)
+    print()
+    print("| mosaic | dark level | ignored: flat RMS / max gain error | given | fitted "
+          "(darkfield=True) | fitted, with offsets |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
+    for shape in ((1, 560, 560), (8, 480, 480)):
+        for row in dark_rows(shape):
             print(row, flush=True)
     print()
     print('| real mosaic | seam metric raw | corrected (default) | corrected, ramp="gains" |')

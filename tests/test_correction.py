@@ -217,6 +217,10 @@ def test_darkfield_fitted_to_the_overlaps_on_a_structured_mosaic(shape, dark):
     assert np.abs(corr.gains[:, 0] * gains - 1).max() < 0.015
     # gains only: the dark-field is whole (the camera's offset included)
     assert _rms(corr.darkfield[0], d) < 0.2 * float(np.mean(d))
+    # given, the dark-field comes off before the sample estimate too (its gradient is no ramp)
+    given = ts.estimate_corrections(reference=5, darkfield=d)
+    assert _rms(given.flatfield[0] / flat, 1.0) < 0.01
+    assert np.abs(given.gains[:, 0] * gains - 1).max() < 0.005
     with_offsets = ts.estimate_corrections(reference=5, darkfield=True, offsets=True)
     assert _rms(with_offsets.flatfield[0] / flat, 1.0) < 0.015
     assert np.abs(with_offsets.gains[:, 0] * gains - 1).max() < 0.01

@@ -494,9 +494,11 @@ def estimate_corrections(
     if flatfield is True or darkfield is True:
         est_f = np.ones((nc, ny, nx), np.float32)
         est_d = np.zeros((nc, ny, nx), np.float32)
+        # a given dark-field comes off before the flat-field is estimated from the sample
+        sampled = tiles if dark is None else _dark_subtracted(tiles, dark)
         for c in chans:
             m = estimate_shading(
-                tiles, c, darkfield=darkfield is True, max_planes=max_planes, seed=seed
+                sampled, c, darkfield=darkfield is True, max_planes=max_planes, seed=seed
             )
             est_f[c] = m.flatfield
             noise[c] = m.ramp_noise
@@ -513,11 +515,8 @@ def estimate_corrections(
         links: dict[str, Any] = {}
         ramps: dict[str, Any] = {}
         refined: dict[str, float] = {}
-        dark_only = [
-            replace(t, source=CorrectedSource(t.source, darkfield=dark, dtype=np.float32))
-            for t in tiles
-        ]
-        raw = [replace(t, source=CorrectedSource(t.source, dtype=np.float32)) for t in tiles]
+        dark_only = _dark_subtracted(tiles, dark)
+        raw = _dark_subtracted(tiles, None)
         for c in chans:
             sol = _solve_channel(tiles, overlaps, flat, dark, c, offsets, min_ncc, reference)
             ref = sol.reference
@@ -583,6 +582,14 @@ def estimate_corrections(
         boxes,
         info,
     )
+
+
+def _dark_subtracted(tiles: Sequence[Tile], dark: NDArray[Any] | None) -> list[Tile]:
+    """The tiles read as float32, less ``dark`` (c, y, x) when given."""
+    return [
+        replace(t, source=CorrectedSource(t.source, darkfield=dark, dtype=np.float32))
+        for t in tiles
+    ]
 
 
 def _solve_channel(
