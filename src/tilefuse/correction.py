@@ -172,10 +172,12 @@ class Corrections:
                 fig.colorbar(im, ax=ax_img, shrink=0.8)
                 ax_prof.plot(f[f.shape[0] // 2], label="flat-field, centre row (x)")
                 ax_prof.plot(f[:, f.shape[1] // 2], label="flat-field, centre column (y)")
+                ax_prof.legend(fontsize=8, loc="lower left")
                 if self.darkfield is not None:
                     d = self.darkfield[c]
-                    ax_prof.plot(1 + d[d.shape[0] // 2] / max(float(np.abs(f).mean()), 1e-12))
-                ax_prof.legend(fontsize=8)
+                    ax_dark = ax_prof.twinx()
+                    ax_dark.plot(d[d.shape[0] // 2], "k:", label="dark-field, centre row (counts)")
+                    ax_dark.legend(fontsize=8, loc="upper right")
             ax_img.set_title(f"flat-field {self.channels[c] if self.channels else c}")
             ax_prof.set_title("profiles (voxels)")
             if self.gains is not None and self.tile_boxes is not None:
