@@ -23,7 +23,7 @@ from scipy.sparse.csgraph import connected_components
 from tilefuse.errors import GridMismatchError, LabelError, ParameterTypeError
 from tilefuse.geometry import nearest_indices_separable
 from tilefuse.layout import Layout
-from tilefuse.parallel import imap_unordered
+from tilefuse.parallel import map_in_order
 from tilefuse.source import WrappedSource
 
 if TYPE_CHECKING:
@@ -464,18 +464,15 @@ def dedup_labels(
         rotated or of different voxel sizes.
     """
     tiles = list(tiles)
-    scanned = dict(
-        imap_unordered(
-            _ScanTask(tiles),
-            range(len(tiles)),
-            workers=workers,
-            client=client,
-            progress=progress,
-            desc="scan labels",
-            unit="tile",
-        )
+    present = map_in_order(
+        _ScanTask(tiles),
+        len(tiles),
+        workers=workers,
+        client=client,
+        progress=progress,
+        desc="scan labels",
+        unit="tile",
     )
-    present = [scanned[t] for t in range(len(tiles))]
     offsets = np.concatenate([[0], np.cumsum([len(p) for p in present])]).astype(np.int64)
     n_nodes = int(offsets[-1])
     edges_a: list[NDArray[np.int64]] = []
@@ -483,19 +480,16 @@ def dedup_labels(
     merges: list[NDArray[np.int64]] = []
     overlaps = Layout(tiles).overlaps()
     link_task = _LinkTask(tiles, overlaps, min_overlap_voxels, min_overlap_fraction, mutual_best)
-    found = dict(
-        imap_unordered(
-            link_task,
-            range(len(overlaps)),
-            workers=workers,
-            client=client,
-            progress=progress,
-            desc="link overlaps",
-            unit="pair",
-        )
+    found = map_in_order(
+        link_task,
+        len(overlaps),
+        workers=workers,
+        client=client,
+        progress=progress,
+        desc="link overlaps",
+        unit="pair",
     )
-    for k, o in enumerate(overlaps):  # overlap order: deterministic merges table
-        link = found[k]
+    for o, link in zip(overlaps, found, strict=True):  # overlap order: deterministic merges
         if link is None:
             continue
         la, lb, shared = link

@@ -12,7 +12,7 @@ from tqdm import tqdm
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Sequence
 
-__all__ = ["cluster_slots", "default_workers", "imap_unordered", "tune_cluster"]
+__all__ = ["cluster_slots", "default_workers", "imap_unordered", "map_in_order", "tune_cluster"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +76,29 @@ def imap_unordered(
         yield from _run_threads(func, items, n, bar)
     finally:
         bar.close()
+
+
+def map_in_order(
+    func: Callable[[int], R],
+    n: int,
+    *,
+    workers: int | None = None,
+    client: Any = None,
+    progress: bool = False,
+    desc: str = "",
+    unit: str = "item",
+) -> list[R]:
+    """``[func(0), ..., func(n - 1)]``, computed through `imap_unordered` (any order, same list).
+
+    For per-tile or per-pair steps whose results are combined in a fixed order
+    (so the outcome does not depend on which task finished first).
+    """
+    done = dict(
+        imap_unordered(
+            func, range(n), workers=workers, client=client, progress=progress, desc=desc, unit=unit
+        )
+    )
+    return [done[k] for k in range(n)]
 
 
 def _run_threads(

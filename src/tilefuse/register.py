@@ -29,7 +29,7 @@ from scipy.sparse.linalg import splu
 
 from tilefuse.errors import IncompatibleTilesError
 from tilefuse.layout import Layout
-from tilefuse.parallel import imap_unordered
+from tilefuse.parallel import map_in_order
 
 if TYPE_CHECKING:
     import os
@@ -337,18 +337,15 @@ def register(
         work = [t.downscale(downsample, method="mean") for t in work]
     overlaps = Layout(work).overlaps()
     task = _PairTask(work, overlaps, n_peaks, min_ncc)
-    found = dict(
-        imap_unordered(
-            task,
-            range(len(overlaps)),
-            workers=workers,
-            client=client,
-            progress=progress,
-            desc="pairwise",
-            unit="pair",
-        )
+    links = map_in_order(
+        task,
+        len(overlaps),
+        workers=workers,
+        client=client,
+        progress=progress,
+        desc="pairwise",
+        unit="pair",
     )
-    links = [found[k] for k in range(len(overlaps))]
     rel, abs_vox = thresholds or PRESETS[preset]
     vs = tiles[0].voxel_size if voxel_size is None else np.asarray(voxel_size, dtype=float)
     abs_um = abs_vox * float(np.min(vs))
