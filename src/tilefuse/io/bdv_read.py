@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
     from tilefuse.source import Region
 
-__all__ = ["BdvFile", "BdvLevel", "BdvSource"]
+__all__ = ["BdvFile", "BdvLevel", "BdvSource", "SetupsSource"]
 
 #: the N5 DataType names bdv-core accepts in the ``dataType`` attribute
 BDV_DATA_TYPES = (
@@ -467,7 +467,65 @@ def setups_as_channels(
     return (int(z), int(y), int(x)), np.dtype(dtypes[setups[0]])
 
 
-class BdvSource(Source):
+class SetupsSource(Source):
+    """Setups of one BigDataViewer container (HDF5 or N5) read as the channels of one tile.
+
+    Subclasses open the container (``container``, with ``levels(setup,
+    timepoint)``, ``dtype(setup)`` and ``close()``), name it (`path`) and read
+    one setup's region (`_read_setup`); the setup list and its checks, the
+    shape, the subsampling factors and the channel stacking are here.
+    """
+
+    container: Any
+    setups: list[int]
+    timepoint: int
+    level: int
+
+    def _init_setups(self, setups: int | Sequence[int], timepoint: int, level: int) -> None:
+        ids = [setups] if isinstance(setups, int | np.integer) else list(setups)
+        self.setups = [int(s) for s in ids]
+        if not self.setups:
+            msg = f"{self.path}: {type(self).__name__} needs at least one setup"
+            raise ParameterError(msg)
+        self.timepoint, self.level = int(timepoint), int(level)
+        shape, self._dtype = setups_as_channels(
+            self.path, self.container, self.setups, self.timepoint, self.level
+        )
+        self._shape = (len(self.setups), *shape)  # type: ignore[assignment]
+
+    @property
+    def path(self) -> Any:
+        """Where the container is."""
+        raise NotImplementedError
+
+    @property
+    def factors(self) -> tuple[float, float, float]:
+        """Subsampling factors (z, y, x) of this level relative to level 0."""
+        return self.container.levels(self.setups[0], self.timepoint)[self.level].factors  # type: ignore[no-any-return]
+
+    def _read_setup(self, setup: int, region: Region, out: NDArray[Any]) -> None:
+        raise NotImplementedError
+
+    def _read(self, region: Region) -> NDArray[Any]:
+        """Read ``(c, z, y, x)`` pixels of a ``(z, y, x)`` region."""
+        out = np.empty((len(self.setups), *[s.stop - s.start for s in region]), dtype=self._dtype)
+        for c, s in enumerate(self.setups):
+            self._read_setup(s, region, out[c])
+        return out
+
+    def close(self) -> None:
+        """Close the container's handles (they reopen on the next read)."""
+        self.container.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({str(self.path)!r}, setups={self.setups}, "
+            f"timepoint={self.timepoint}, level={self.level}, shape={self.shape}, "
+            f"dtype={self.dtype})"
+        )
+
+
+class BdvSource(SetupsSource):
     """Lazy pixel source over setups of one BigDataViewer HDF5 file.
 
     The given setups become the channels: shape ``(c, z, y, x)`` at one
@@ -505,40 +563,13 @@ class BdvSource(Source):
     ) -> None:
         # sources of one project share one BdvFile (one scan, one handle)
         self.file = path if isinstance(path, BdvFile) else BdvFile(path)
-        self.setups = [int(setups)] if isinstance(setups, int | np.integer) else list(setups)
-        self.setups = [int(s) for s in self.setups]
-        if not self.setups:
-            msg = f"{self.file.path}: BdvSource needs at least one setup"
-            raise ParameterError(msg)
-        self.timepoint, self.level = int(timepoint), int(level)
-        shape, self._dtype = setups_as_channels(
-            self.file.path, self.file, self.setups, self.timepoint, self.level
-        )
-        self._shape = (len(self.setups), *shape)  # type: ignore[assignment]
+        self.container = self.file
+        self._init_setups(setups, timepoint, level)
 
     @property
     def path(self) -> Path:
         """The HDF5 file."""
         return self.file.path
 
-    @property
-    def factors(self) -> tuple[float, float, float]:
-        """Subsampling factors (z, y, x) of this level relative to level 0."""
-        return self.file.levels(self.setups[0], self.timepoint)[self.level].factors
-
-    def _read(self, region: Region) -> NDArray[Any]:
-        """Read ``(c, z, y, x)`` pixels of a ``(z, y, x)`` region."""
-        out = np.empty((len(self.setups), *[s.stop - s.start for s in region]), dtype=self._dtype)
-        for c, s in enumerate(self.setups):
-            self.file._read_into(self.timepoint, s, self.level, region, out[c])
-        return out
-
-    def close(self) -> None:
-        """Close the HDF5 handle (it reopens on the next read)."""
-        self.file.close()
-
-    def __repr__(self) -> str:
-        return (
-            f"BdvSource({str(self.path)!r}, setups={self.setups}, timepoint={self.timepoint}, "
-            f"level={self.level}, shape={self.shape}, dtype={self.dtype})"
-        )
+    def _read_setup(self, setup: int, region: Region, out: NDArray[Any]) -> None:
+        self.file._read_into(self.timepoint, setup, self.level, region, out)

@@ -38,15 +38,14 @@ import numpy as np
 
 from tilefuse.errors import (
     MissingTileError,
-    ParameterError,
     SelectionError,
     UnsupportedFormatError,
 )
 from tilefuse.io.bdv_read import (
     BDV_DATA_TYPES,
     BdvLevel,
+    SetupsSource,
     check_same_shape,
-    setups_as_channels,
 )
 from tilefuse.source import Source, normalize_region
 
@@ -362,7 +361,7 @@ def _read_region(arr: Any, region: Region) -> NDArray[Any]:
     return np.ascontiguousarray(np.asarray(data).transpose(2, 1, 0))
 
 
-class BdvN5Source(Source):
+class BdvN5Source(SetupsSource):
     """Lazy pixel source over setups of a BDV N5 container: shape ``(c, z, y, x)``.
 
     The given setups become the channels, at one timepoint and level. Reads
@@ -395,43 +394,16 @@ class BdvN5Source(Source):
         level: int = 0,
     ) -> None:
         self.n5 = n5 if isinstance(n5, BdvN5) else BdvN5(n5)
-        ids = [setups] if isinstance(setups, int | np.integer) else list(setups)
-        self.setups = [int(s) for s in ids]
-        if not self.setups:
-            msg = f"{self.n5.location}: BdvN5Source needs at least one setup"
-            raise ParameterError(msg)
-        self.timepoint, self.level = int(timepoint), int(level)
-        shape, self._dtype = setups_as_channels(
-            self.n5.location, self.n5, self.setups, self.timepoint, self.level
-        )
-        self._shape = (len(self.setups), *shape)  # type: ignore[assignment]
+        self.container = self.n5
+        self._init_setups(setups, timepoint, level)
 
     @property
     def path(self) -> Location:
         """The N5 root."""
         return self.n5.location
 
-    @property
-    def factors(self) -> tuple[float, float, float]:
-        """Subsampling factors (z, y, x) of this level relative to level 0."""
-        return self.n5.levels(self.setups[0], self.timepoint)[self.level].factors
-
-    def _read(self, region: Region) -> NDArray[Any]:
-        out = np.empty((len(self.setups), *[s.stop - s.start for s in region]), self._dtype)
-        for c, s in enumerate(self.setups):
-            out[c] = self.n5.read(self.timepoint, s, self.level, region)
-        return out
-
-    def close(self) -> None:
-        """Drop open arrays (they reopen on the next read)."""
-        self.n5.close()
-
-    def __repr__(self) -> str:
-        return (
-            f"BdvN5Source({str(self.path)!r}, setups={self.setups}, "
-            f"timepoint={self.timepoint}, level={self.level}, shape={self.shape}, "
-            f"dtype={self.dtype})"
-        )
+    def _read_setup(self, setup: int, region: Region, out: NDArray[Any]) -> None:
+        out[...] = self.n5.read(self.timepoint, setup, self.level, region)
 
 
 # -- bdv.multimg.zarr ---------------------------------------------------------------------------
