@@ -172,7 +172,32 @@ def _list_names(location: Location) -> list[str]:
     return sorted(names)
 
 
-class BdvN5:
+class _OpenArrays:
+    """Arrays opened on first use and kept, behind a lock; `close` and pickling drop them."""
+
+    _lock: threading.Lock
+    _arrays: dict[Any, Any]
+
+    def _init_arrays(self) -> None:
+        self._lock = threading.Lock()
+        self._arrays = {}
+
+    def close(self) -> None:
+        """Drop the open arrays (they reopen on the next read)."""
+        with self._lock:
+            self._arrays.clear()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.update(_lock=None, _arrays={})
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+
+class BdvN5(_OpenArrays):
     """Lazy reader of a BigDataViewer N5 container (``bdv.n5`` / ``bdv.n5.cloud``).
 
     Opening reads only the ``attributes.json`` of the root's ``setup<id>``
@@ -203,8 +228,7 @@ class BdvN5:
         if isinstance(self.location, Path) and not self.location.is_dir():
             msg = f"BDV N5 container not found: {self.location}"
             raise MissingTileError(msg)
-        self._lock = threading.Lock()
-        self._arrays: dict[tuple[int, int, int], Any] = {}
+        self._init_arrays()
         self._levels: dict[tuple[int, int], list[BdvLevel]] = {}
         self._setups: dict[int, tuple[list[tuple[float, float, float]], np.dtype[Any]]] = {}
         for name in _list_names(self.location):
@@ -334,20 +358,6 @@ class BdvN5:
             raise MissingTileError(msg) from None
 
     # -- lifecycle -----------------------------------------------------------------------
-    def close(self) -> None:
-        """Drop the open arrays (they reopen on the next read)."""
-        with self._lock:
-            self._arrays.clear()
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state.update(_lock=None, _arrays={})
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
-
     def __repr__(self) -> str:
         return f"BdvN5({str(self.location)!r}, setups={self.setups})"
 
@@ -407,13 +417,12 @@ class BdvN5Source(SetupsSource):
 
 
 # -- bdv.multimg.zarr ---------------------------------------------------------------------------
-class _ZarrView:
+class _ZarrView(_OpenArrays):
     """One view of a ``bdv.multimg.zarr`` project: an OME-Zarr image and its hyperslice."""
 
     def __init__(self, location: Location, indices: tuple[int, ...] | None) -> None:
         self.location, self.indices = location, indices
-        self._lock = threading.Lock()
-        self._arrays: dict[int, Any] = {}
+        self._init_arrays()
         attrs = self._attrs()
         ms = (attrs.get("ome") or attrs).get("multiscales")
         if not isinstance(ms, list) or not ms or not isinstance(ms[0], dict):
@@ -507,15 +516,6 @@ class _ZarrView:
             out.append(i)
         return tuple(out)
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state.update(_lock=None, _arrays={})
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
-
 
 class ZarrViewSource(Source):
     """Lazy pixel source over views of a ``bdv.multimg.zarr`` project: ``(c, z, y, x)``.
@@ -591,7 +591,7 @@ class ZarrViewSource(Source):
     def close(self) -> None:
         """Drop open arrays (they reopen on the next read)."""
         for v in self.views:
-            v._arrays.clear()
+            v.close()
 
     def __repr__(self) -> str:
         return f"ZarrViewSource({str(self.path)!r}, channels={len(self.views)}, shape={self.shape})"
