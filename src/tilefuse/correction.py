@@ -544,7 +544,8 @@ def estimate_corrections(
                         )  # fmt: skip
                         dark[c] = fitted  # type: ignore[index]
                     refined[str(c)] = _check_refinement(flat[c], content, c, fit_dark)
-                    sol = _solve_channel(tiles, overlaps, flat, dark, c, offsets, min_ncc, ref)
+                    if ramp == "gains":  # the gains' trend over the refined flat-field
+                        sol = _solve_channel(tiles, overlaps, flat, dark, c, offsets, min_ncc, ref)
                     flat[c], ramps[str(c)] = _resolve_ramp(
                         flat[c], ramp, content, noise.get(c, 0.0), sol, tiles
                     )
