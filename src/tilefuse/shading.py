@@ -139,14 +139,25 @@ def sample_planes(
     return out, yc, xc
 
 
+def _legendre(positions: ArrayLike, n: int, degree: int) -> NDArray[Any]:
+    """Legendre polynomials up to ``degree`` at voxel-centre ``positions`` of an axis of ``n``.
+
+    The axis' edges ``[-0.5, n - 0.5]`` map to ``[-1, 1]``; shape ``(len, degree + 1)``.
+    """
+    return legendre.legvander(2 * (np.asarray(positions, dtype=float) + 0.5) / n - 1, degree)
+
+
+def _on_grid(coef: NDArray[Any], shape: tuple[int, int], degree: int) -> NDArray[Any]:
+    """A tensor Legendre field of coefficients ``coef`` at every voxel centre of ``shape``."""
+    ny, nx = shape
+    grid = coef.reshape(degree + 1, degree + 1)
+    return _legendre(np.arange(ny), ny, degree) @ grid @ _legendre(np.arange(nx), nx, degree).T
+
+
 def _basis(yc: NDArray[Any], xc: NDArray[Any], ny: int, nx: int, degree: int) -> NDArray[Any]:
     """Tensor Legendre basis ``(len(yc) * len(xc), (degree + 1) ** 2)`` on the field of view."""
-    # map voxel centres so the field of view's edges [-0.5, n - 0.5] go to [-1, 1]
-    u = (2 * (np.asarray(yc, dtype=float) + 0.5) / ny) - 1
-    v = (2 * (np.asarray(xc, dtype=float) + 0.5) / nx) - 1
-    ly = legendre.legvander(u, degree)  # (h, d+1)
-    lx = legendre.legvander(v, degree)  # (w, d+1)
-    return np.einsum("ia,jb->ijab", ly, lx).reshape(len(u) * len(v), -1)
+    ly, lx = _legendre(yc, ny, degree), _legendre(xc, nx, degree)  # (h, d+1), (w, d+1)
+    return np.einsum("ia,jb->ijab", ly, lx).reshape(len(ly) * len(lx), -1)
 
 
 def _tukey(r: NDArray[Any], scale: NDArray[Any] | float, c: float = 4.685) -> NDArray[Any]:
@@ -276,11 +287,8 @@ def _evaluate(
     phi: NDArray[Any], fitted: NDArray[Any], shape: tuple[int, int], degree: int
 ) -> NDArray[np.float32]:
     """The smooth field ``fitted`` (on the working grid) evaluated at every full-res voxel."""
-    ny, nx = shape
     coef, _ = _smooth(phi, fitted, np.ones(len(phi)))
-    ly = legendre.legvander((2 * (np.arange(ny) + 0.5) / ny) - 1, degree)
-    lx = legendre.legvander((2 * (np.arange(nx) + 0.5) / nx) - 1, degree)
-    return (ly @ coef.reshape(degree + 1, degree + 1) @ lx.T).astype(np.float32)
+    return _on_grid(coef, shape, degree).astype(np.float32)
 
 
 def estimate_shading(
@@ -485,14 +493,15 @@ def refine_shading(
     pdv = np.asarray(darkfield, float)[iy, ix] / level if fit_dark else np.zeros(len(iy))
     prior_vals = np.r_[pf, pdv if fit_dark else np.zeros(len(iy))]
 
-    def lv(k: int, deg: int) -> NDArray[Any]:
-        return legendre.legvander(2 * (np.arange(k) + 0.5) / k - 1, deg)
+    def axis_means(deg: int) -> NDArray[Any]:
+        """The mean over the voxel centres of each tensor Legendre basis function."""
+        my = _legendre(np.arange(ny), ny, deg).mean(0)
+        return np.outer(my, _legendre(np.arange(nx), nx, deg).mean(0)).ravel()
 
-    ly, lx = lv(ny, degree), lv(nx, degree)
     mean_rows = np.zeros((2, nshape))
-    mean_rows[0, :npar] = np.outer(ly.mean(0), lx.mean(0)).ravel()
+    mean_rows[0, :npar] = axis_means(degree)
     if fit_dark and fit_offsets:  # D + kF with offsets c - a k fits as well: mean D = 0
-        mean_rows[1, npar:] = np.outer(lv(ny, dd).mean(0), lv(nx, dd).mean(0)).ravel()
+        mean_rows[1, npar:] = axis_means(dd)
     mean_vals = np.array([1.0, 0.0])
     wp2 = prior_weight * m / len(pp)
     wm2 = float(m)  # mean F = 1, mean D = 0: as heavy as all the overlaps together
@@ -590,26 +599,25 @@ def refine_shading(
                 lam *= 10
             if not improved:
                 break
-    flat = ly @ shape[:npar].reshape(degree + 1, degree + 1) @ lx.T
+    flat = _on_grid(shape[:npar], (ny, nx), degree)
     if not np.isfinite(flat).all() or flat.min() <= 0.05 * flat.mean():
         logger.warning(
             "overlap refinement of the flat-field failed (F <= 0 somewhere): the overlaps do "
             "not fit a smooth flat-field; keeping the sample estimate"
         )
         return keep_prior
-    dark = None
+    dark: NDArray[np.float32] | None = None
     if fit_dark:
-        dark = (lv(ny, dd) @ shape[npar:].reshape(dd + 1, dd + 1) @ lv(nx, dd).T) * level
+        d = _on_grid(shape[npar:], (ny, nx), dd) * level
         if fit_offsets:
-            dark = dark - flat / flat.mean() * dark.mean()
-        dark = dark.astype(np.float32)
+            d = d - flat / flat.mean() * d.mean()
+        dark = d.astype(np.float32)
     return (flat / flat.mean()).astype(np.float32), dark
 
 
 def _basis_points(y: NDArray[Any], x: NDArray[Any], ny: int, nx: int, degree: int) -> NDArray[Any]:
     """Tensor Legendre basis at scattered voxel-centre points ``(len(y), (degree + 1) ** 2)``."""
-    ly = legendre.legvander(2 * (np.asarray(y, float) + 0.5) / ny - 1, degree)
-    lx = legendre.legvander(2 * (np.asarray(x, float) + 0.5) / nx - 1, degree)
+    ly, lx = _legendre(y, ny, degree), _legendre(x, nx, degree)
     return np.einsum("ka,kb->kab", ly, lx).reshape(len(ly), -1)
 
 
